@@ -1,0 +1,66 @@
+# Modelship: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+CLUSTER := hack/cluster
+export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,server]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+.PHONY: install
+install: $(STAMP) ## create .venv and install modelship with its server and dev extras
+
+.PHONY: cluster-build
+cluster-build: ## compile the pinned Kubernetes binaries into ~/.cache/modelship (cold: long; warm: seconds)
+	$(CLUSTER) build
+
+.PHONY: cluster-up
+cluster-up: cluster-build ## start the local cluster (idempotent) and write .cluster/kubeconfig
+	$(CLUSTER) up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local cluster and remove its state
+	$(CLUSTER) down
+
+.PHONY: cluster-status
+cluster-status: ## say what of the local cluster runs
+	$(CLUSTER) status
+
+.PHONY: demo
+demo: install cluster-up ## the main job: bring the local cluster up and show it
+	$$($(CLUSTER) bin-dir)/kubectl get nodes -o wide
+
+.PHONY: test
+test: install cluster-up ## run every test (starts the local cluster when needed)
+	$(PY) -m pytest -ra
+
+.PHONY: test-unit
+test-unit: install ## run only the tests that need no cluster
+	$(PY) -m pytest -ra -m 'not cluster'
+
+.PHONY: lint
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check operator server_image tests bench
+	$(VENV)/bin/ruff format --check operator server_image tests bench
+	$(VENV)/bin/mypy operator/modelship server_image/modelship
+
+.PHONY: fmt
+fmt: install ## format the Python code
+	$(VENV)/bin/ruff check --fix operator server_image tests bench
+	$(VENV)/bin/ruff format operator server_image tests bench
+
+.PHONY: clean
+clean: ## remove .venv and caches (not the binary cache in ~/.cache/modelship)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,63 @@
+"""Fixtures for tests that need a Kubernetes API.
+
+By default the tests use the local cluster of `hack/cluster` and start it when it is not
+running. `MODELSHIP_TEST_KUBECONFIG` points them at any other cluster instead (kind, a dev
+cluster): the user's own `KUBECONFIG` is deliberately not used, so that running the tests never
+touches a cluster by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_KUBECONFIG = ROOT / ".cluster" / "kubeconfig"
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> str:
+    """Path of an admin kubeconfig for a running cluster."""
+    other = os.environ.get("MODELSHIP_TEST_KUBECONFIG")
+    if other:
+        return other
+    subprocess.run([str(ROOT / "hack" / "cluster"), "up"], check=True, stdout=subprocess.DEVNULL)
+    return str(LOCAL_KUBECONFIG)
+
+
+@pytest.fixture(scope="session")
+def kube_bin_dir() -> Path:
+    """Folder of the pinned kubectl, helm and friends that `hack/cluster build` compiled."""
+    out = subprocess.run(
+        [str(ROOT / "hack" / "cluster"), "bin-dir"], check=True, capture_output=True, text=True
+    )
+    return Path(out.stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def k8s_api(kubeconfig: str):  # type: ignore[no-untyped-def]
+    # Imported here so that tests without a cluster do not pay for the client's import.
+    from kubernetes import config
+
+    api_client = config.new_client_from_config(config_file=kubeconfig)
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def namespace(k8s_api, request: pytest.FixtureRequest) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A fresh namespace for one test, deleted (in the background) afterwards."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(k8s_api)
+    base = request.node.name.lower().replace("_", "-")
+    base = "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
