@@ -1,0 +1,329 @@
+"""One reconcile of one ModelDeployment: read the cache, decide, write what differs.
+
+Everything interesting is decided by pure functions (`decisions.decide`,
+`status.compute_status`); this module only performs the writes they ask for, posts the
+Kubernetes Events a user reads in `kubectl describe`, and writes status when it changed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from modelship.operator import client as kube
+from modelship.operator import naming, observed, spec
+from modelship.operator import status as status_
+from modelship.operator.config import OperatorConfig
+from modelship.operator.decisions import Apply, Children, Decision, Delete, decide
+from modelship.operator.drift import Difference
+from modelship.operator.expectations import Expectations
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+Body = Mapping[str, Any]
+
+# A ModelDeployment with a write the API refused for good is retried this much later:
+# a missing permission may be granted meanwhile.
+PERMANENT_ERROR_RETRY = 300.0
+
+
+class Cache(Protocol):
+    def model_deployment(self, key: Key) -> Body | None: ...
+
+    def children(self, key: Key) -> Children: ...
+
+
+class EventSink(Protocol):
+    def __call__(self, md: spec.ModelDeployment, type: str, reason: str, message: str) -> None: ...
+
+
+class Writer(Protocol):
+    """The client calls a reconcile makes (KubeClient has them)."""
+
+    writes: Any
+
+    async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]: ...
+
+    async def patch_status(
+        self, kind: kube.ResourceKind, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None: ...
+
+    async def delete(
+        self, kind: kube.ResourceKind, namespace: str, name: str, *, uid: str | None = None
+    ) -> bool: ...
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Outcome:
+    writes: int = 0
+    events: int = 0
+    skipped: int = 0  # writes not repeated because the cache has not caught up with ours
+    actions: list[str] = field(default_factory=list)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        writer: Writer,
+        cache: Cache,
+        events: EventSink,
+        config: OperatorConfig,
+        *,
+        clock: Callable[[], str] = utc_now,
+        expectations: Expectations | None = None,
+    ) -> None:
+        self._writer = writer
+        self._cache = cache
+        self._events = events
+        self._config = config
+        self._clock = clock
+        self._expectations = expectations if expectations is not None else Expectations()
+        self._seen: set[Key] = set()  # reconciled at least once since this process started
+
+    async def reconcile(self, key: Key) -> float | None:
+        body = self._cache.model_deployment(key)
+        if body is None:
+            self._expectations.forget(key)
+            self._seen.discard(key)
+            return None
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None  # the garbage collector is removing the children; do not re-create them
+        outcome = Outcome()
+        try:
+            md = spec.parse(body)
+        except spec.SpecError as exc:
+            await self._write_invalid(key, body, str(exc), outcome)
+            self._log(key, outcome, "invalid spec")
+            return None
+        children = self._cache.children(key)
+        decision = decide(md, children, server_image=self._config.server_image)
+        errors: list[str] = []
+        for action in decision.apply:
+            await self._apply(md, action, children, errors, outcome)
+        for deletion in decision.delete:
+            await self._delete(md, deletion, decision, children, errors, outcome)
+        await self._write_status(md, decision, children, errors, outcome)
+        self._log(key, outcome, "")
+        return PERMANENT_ERROR_RETRY if errors else None
+
+    def _live(self, children: Children, kind: str, name: str) -> Body | None:
+        bodies = {
+            "Deployment": children.deployments,
+            "Service": children.services,
+            "HorizontalPodAutoscaler": children.autoscalers,
+        }[kind]
+        for body in bodies:
+            if (body.get("metadata") or {}).get("name") == name:
+                return body
+        return None
+
+    async def _apply(
+        self, md: spec.ModelDeployment, action: Apply, children: Children, errors: list[str], outcome: Outcome
+    ) -> None:
+        ref = (md.key, action.kind, action.name)
+        live = self._live(children, action.kind, action.name)
+        if self._expectations.pending(ref, _version(live)):
+            outcome.skipped += 1
+            return
+        try:
+            result = await self._writer.apply(action.manifest)
+        except kube.ApiError as exc:
+            if exc.transient:
+                raise
+            errors.append(f"{action.kind} {action.name}: {exc.message}")
+            self._event(md, "Warning", "ApplyFailed", f"{action.kind} {action.name}: {exc.message}", outcome)
+            return
+        outcome.writes += 1
+        outcome.actions.append(f"apply {action.kind}/{action.name} ({action.difference.value})")
+        self._expectations.expect(ref, _version(result))
+        reason, message = _apply_event(md, action)
+        self._event(md, "Normal", reason, message, outcome)
+
+    async def _delete(
+        self,
+        md: spec.ModelDeployment,
+        deletion: Delete,
+        decision: Decision,
+        children: Children,
+        errors: list[str],
+        outcome: Outcome,
+    ) -> None:
+        ref = (md.key, deletion.kind, deletion.name)
+        live = self._live(children, deletion.kind, deletion.name)
+        if self._expectations.pending(ref, _version(live)):
+            outcome.skipped += 1
+            return
+        kind = kube.KINDS[deletion.kind]
+        try:
+            await self._writer.delete(kind, md.namespace, deletion.name, uid=deletion.uid)
+        except kube.ApiError as exc:
+            if exc.transient:
+                raise
+            errors.append(f"deleting {deletion.kind} {deletion.name}: {exc.message}")
+            return
+        outcome.writes += 1
+        outcome.actions.append(f"delete {deletion.kind}/{deletion.name}")
+        self._expectations.expect(ref, None)
+        if deletion.kind == "Deployment":
+            version = next(
+                (s.version for s in decision.revisions.values() if s.deployment == deletion.name), "?"
+            )
+            message = f"deleted Deployment {deletion.name} (version {version}): {deletion.why}"
+            self._event(md, "Normal", "RevisionRetired", message, outcome)
+        else:
+            message = f"deleted HPA {deletion.name}: {deletion.why}"
+            self._event(md, "Normal", "AutoscalerRemoved", message, outcome)
+
+    async def _write_status(
+        self,
+        md: spec.ModelDeployment,
+        decision: Decision,
+        children: Children,
+        errors: list[str],
+        outcome: Outcome,
+    ) -> None:
+        keep = set(decision.plan.keep)
+        pods = [p for p in children.pods if _revision_of(p) in keep]
+        seen = status_.Observations(
+            revisions=decision.revisions,
+            pod_failures=observed.pod_failures(pods),
+            unschedulable=observed.unschedulable_message(pods, decision.plan.target),
+            apply_errors=tuple(errors),
+        )
+        new = status_.compute_status(md, decision.revision, decision.plan, seen, now=self._clock())
+        await self._patch_status(md.key, md.status, new, outcome, md=md)
+
+    async def _write_invalid(self, key: Key, body: Body, message: str, outcome: Outcome) -> None:
+        meta = body.get("metadata") or {}
+        old = body.get("status") or {}
+        generation = int(meta.get("generation") or 0)
+        previous = old.get("conditions") or []
+
+        def condition(kind: str, value: bool, reason: str, text: str) -> dict[str, Any]:
+            return status_._condition(
+                kind, value, reason, text, generation=generation, previous=previous, now=self._clock()
+            )
+
+        new = {
+            "observedGeneration": generation,
+            "phase": status_.PHASE_DEGRADED,
+            "conditions": [
+                condition(status_.READY, False, "InvalidSpec", message),
+                condition(status_.PROGRESSING, False, "InvalidSpec", message),
+                condition(status_.DEGRADED, True, "InvalidSpec", message),
+            ],
+        }
+        await self._patch_status(key, old, new, outcome, md=None)
+
+    async def _patch_status(
+        self,
+        key: Key,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+        outcome: Outcome,
+        *,
+        md: spec.ModelDeployment | None,
+    ) -> None:
+        patch = status_.merge_patch(old, new, owned=status_.OWNED_STATUS_FIELDS)
+        if not patch:
+            return
+        ref = (key, naming.KIND, key[1])
+        body = self._cache.model_deployment(key)
+        if self._expectations.pending(ref, _version(body)):
+            outcome.skipped += 1
+            return
+        result = await self._writer.patch_status(kube.MODEL_DEPLOYMENTS, key[0], key[1], patch)
+        outcome.writes += 1
+        outcome.actions.append("status " + ",".join(sorted(patch)))
+        if result is None:
+            return  # deleted meanwhile
+        self._expectations.expect(ref, _version(result))
+        if md is not None:
+            for type_, reason, message in transition_events(old, new):
+                self._event(md, type_, reason, message, outcome)
+
+    def _event(
+        self, md: spec.ModelDeployment, type_: str, reason: str, message: str, outcome: Outcome
+    ) -> None:
+        outcome.events += 1
+        self._events(md, type_, reason, message)
+
+    def _log(self, key: Key, outcome: Outcome, note: str) -> None:
+        first = key not in self._seen
+        self._seen.add(key)
+        # The first reconcile of each object after a start is logged even when it wrote
+        # nothing: that line is how a restart is shown to have changed nothing.
+        level = logging.INFO if outcome.writes or outcome.events or first else logging.DEBUG
+        logger.log(
+            level,
+            "reconciled %s/%s: writes=%d events=%d skipped=%d first=%s%s%s",
+            key[0],
+            key[1],
+            outcome.writes,
+            outcome.events,
+            outcome.skipped,
+            str(first).lower(),
+            f" ({note})" if note else "",
+            f" [{'; '.join(outcome.actions)}]" if outcome.actions else "",
+            extra={"md": f"{key[0]}/{key[1]}", "writes": outcome.writes, "first": first},
+        )
+
+
+def _version(body: Mapping[str, Any] | None) -> str | None:
+    if body is None:
+        return None
+    return (body.get("metadata") or {}).get("resourceVersion")
+
+
+def _revision_of(pod: Body) -> str:
+    return ((pod.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_REVISION, "")
+
+
+def _apply_event(md: spec.ModelDeployment, action: Apply) -> tuple[str, str]:
+    manifest = action.manifest
+    kind, name = action.kind, action.name
+    if action.difference is Difference.DRIFTED:
+        return "DriftRepaired", f"restored {kind} {name}, which was changed or deleted by hand"
+    created = action.difference is Difference.MISSING
+    if kind == "Deployment":
+        labels = manifest["metadata"]["labels"]
+        what = f"version {labels[naming.LABEL_VERSION]} (revision {labels[naming.LABEL_REVISION]})"
+        size = manifest["spec"].get("replicas")
+        scale = "sized by the autoscaler" if size is None else f"{size} replicas"
+        if created:
+            return "RevisionCreated", f"created Deployment {name} for {what}, {scale}"
+        return "RevisionUpdated", f"updated Deployment {name} for {what}, {scale}"
+    if kind == "HorizontalPodAutoscaler":
+        hpa = manifest["spec"]
+        text = (
+            f"HPA {name} scales Deployment {hpa['scaleTargetRef']['name']} "
+            f"between {hpa['minReplicas']} and {hpa['maxReplicas']} replicas"
+        )
+        return ("AutoscalerCreated" if created else "AutoscalerUpdated"), text
+    return ("ServiceCreated" if created else "ServiceUpdated"), f"{kind} {name} serves {md.model.name}"
+
+
+def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Events for conditions that flipped (or a failure whose reason changed)."""
+    events = []
+    old_ready = status_.condition_of(old, status_.READY) or {}
+    new_ready = status_.condition_of(new, status_.READY) or {}
+    if new_ready.get("status") == "True" and old_ready.get("status") != "True":
+        events.append(("Normal", "Ready", str(new_ready.get("message", ""))))
+    old_degraded = status_.condition_of(old, status_.DEGRADED) or {}
+    new_degraded = status_.condition_of(new, status_.DEGRADED) or {}
+    if new_degraded.get("status") == "True" and (
+        old_degraded.get("status") != "True" or old_degraded.get("reason") != new_degraded.get("reason")
+    ):
+        events.append(("Warning", str(new_degraded.get("reason")), str(new_degraded.get("message", ""))))
+    if new_degraded.get("status") == "False" and old_degraded.get("status") == "True":
+        events.append(("Normal", "Recovered", "no failures any more"))
+    return events

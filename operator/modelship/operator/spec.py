@@ -1,0 +1,180 @@
+"""A typed, read-only view of a ModelDeployment as the API server stored it.
+
+The CRD schema validates and defaults the spec before it reaches us; this module only reads it.
+Defaults that cannot live in the schema (the model name falls back to `metadata.name`, the
+replica count to 1) are applied here and documented in the CRD's field descriptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from modelship.operator import naming
+
+
+class SpecError(ValueError):
+    """The spec cannot be turned into pods; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    version: str
+    uri: str
+    sha256: str | None
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.uri).scheme
+
+    @property
+    def pvc(self) -> tuple[str, str] | None:
+        """(claim, path inside the claim) for a `pvc://<claim>/<path>` URI, else None."""
+        if self.scheme != "pvc":
+            return None
+        parts = urlsplit(self.uri)
+        path = parts.path.lstrip("/")
+        if not parts.netloc or not path:
+            raise SpecError(f"model uri {self.uri!r}: expected pvc://<claim>/<path/to/model.onnx>")
+        return parts.netloc, path
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    min_replicas: int
+    max_replicas: int
+    target_cpu_utilization: int
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    image: str | None = None
+    threads: int | None = None
+    max_batch_size: int | None = None
+    max_delay_ms: int | None = None
+    auth_secret: SecretKey | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What a platform team sets on pods: passed through to the pod spec unchanged."""
+
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] | None = None
+    service_account_name: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    priority_class_name: str | None = None
+    env: tuple[Mapping[str, Any], ...] = ()
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelDeployment:
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    model: ModelSource
+    replicas: int | None
+    autoscaling: Autoscaling | None
+    resources: Mapping[str, Mapping[str, Any]]
+    server: ServerSettings
+    placement: Placement
+    status: Mapping[str, Any]
+
+    @property
+    def desired_replicas(self) -> int | None:
+        """The fixed size, or None when an autoscaler owns the size."""
+        if self.autoscaling is not None:
+            return None
+        return 1 if self.replicas is None else self.replicas
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": naming.API_VERSION,
+            "kind": naming.KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def object_reference(self) -> dict[str, Any]:
+        """What Kubernetes Events point at."""
+        return {
+            "apiVersion": naming.API_VERSION,
+            "kind": naming.KIND,
+            "name": self.name,
+            "namespace": self.namespace,
+            "uid": self.uid,
+        }
+
+
+def parse(body: Mapping[str, Any]) -> ModelDeployment:
+    """Read a ModelDeployment body (as stored by the API server) into typed values."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    name = meta.get("name") or ""
+    model = spec.get("model") or {}
+    if not model.get("version") or not model.get("uri"):
+        raise SpecError("spec.model.version and spec.model.uri are required")
+    autoscaling = spec.get("autoscaling")
+    server = spec.get("server") or {}
+    batching = server.get("batching") or {}
+    auth = server.get("authSecretRef")
+    pod_meta = spec.get("podMetadata") or {}
+    return ModelDeployment(
+        name=name,
+        namespace=meta.get("namespace") or "",
+        uid=meta.get("uid") or "",
+        generation=int(meta.get("generation") or 0),
+        model=ModelSource(
+            name=model.get("name") or name,
+            version=str(model["version"]),
+            uri=str(model["uri"]),
+            sha256=model.get("sha256") or None,
+        ),
+        replicas=spec.get("replicas"),
+        autoscaling=Autoscaling(
+            min_replicas=int(autoscaling.get("minReplicas", 1)),
+            max_replicas=int(autoscaling["maxReplicas"]),
+            target_cpu_utilization=int(autoscaling.get("targetCPUUtilization", 70)),
+        )
+        if autoscaling
+        else None,
+        resources=spec.get("resources") or {},
+        server=ServerSettings(
+            image=server.get("image") or None,
+            threads=server.get("threads"),
+            max_batch_size=batching.get("maxBatchSize"),
+            max_delay_ms=batching.get("maxDelayMs"),
+            auth_secret=SecretKey(name=auth["name"], key=auth.get("key", "token")) if auth else None,
+        ),
+        placement=Placement(
+            node_selector=spec.get("nodeSelector") or {},
+            tolerations=tuple(spec.get("tolerations") or ()),
+            affinity=spec.get("affinity") or None,
+            service_account_name=spec.get("serviceAccountName") or None,
+            image_pull_secrets=tuple(s["name"] for s in spec.get("imagePullSecrets") or () if s.get("name")),
+            priority_class_name=spec.get("priorityClassName") or None,
+            env=tuple(spec.get("env") or ()),
+            pod_labels=pod_meta.get("labels") or {},
+            pod_annotations=pod_meta.get("annotations") or {},
+        ),
+        status=body.get("status") or {},
+    )

@@ -1,0 +1,131 @@
+"""A per-key reconcile queue: one reconcile at a time per ModelDeployment, requests that
+arrive meanwhile coalesce into one more run, failures retry with capped exponential backoff.
+
+Kopf calls our event handlers once per watch event, for the ModelDeployment and for each of
+its children and pods; a rollout produces dozens of pod events. The queue turns them into as
+few reconciles as the changes need, and serialises them per key so that two reconciles of the
+same object never race (the same idea as controller-runtime's workqueue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+
+# The reconcile function returns None when done, or seconds after which to run again.
+Reconcile = Callable[[K], Awaitable[float | None]]
+
+
+class WorkQueue(Generic[K]):
+    def __init__(
+        self,
+        reconcile: Reconcile[K],
+        *,
+        concurrency: int = 16,
+        base_delay: float = 1.0,
+        max_delay: float = 300.0,
+    ) -> None:
+        self._reconcile = reconcile
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+        self._running: set[K] = set()
+        self._dirty: set[K] = set()
+        self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._failures: dict[K, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self.reconciles = 0
+        self.errors = 0
+
+    def request(self, key: K, delay: float = 0.0) -> None:
+        """Ask for a reconcile of `key`, now or after `delay` seconds (an earlier ask wins)."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if delay > 0:
+            timer = self._timers.get(key)
+            if timer is not None and timer.when() <= loop.time() + delay:
+                return
+            if timer is not None:
+                timer.cancel()
+            self._timers[key] = loop.call_later(delay, self._fire, key)
+            return
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if key in self._running:
+            self._dirty.add(key)
+            return
+        self._running.add(key)
+        self._idle.clear()
+        task = asyncio.create_task(self._run(key), name=f"reconcile {key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fire(self, key: K) -> None:
+        self._timers.pop(key, None)
+        self.request(key)
+
+    def backoff(self, failures: int) -> float:
+        delay = min(self._max_delay, self._base_delay * 2 ** max(0, failures - 1))
+        return delay * (0.8 + 0.4 * random.random())
+
+    async def _run(self, key: K) -> None:
+        try:
+            while True:
+                self._dirty.discard(key)
+                again: float | None
+                async with self._semaphore:
+                    self.reconciles += 1
+                    try:
+                        again = await self._reconcile(key)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        self.errors += 1
+                        failures = self._failures[key] = self._failures.get(key, 0) + 1
+                        again = self.backoff(failures)
+                        logger.exception(
+                            "reconciling %s failed (attempt %d); retrying in %.1fs", key, failures, again
+                        )
+                        # Retry after the backoff even if new events arrived: they are in the cache
+                        # the retry reads, and an outage must not turn into a tight loop.
+                        self._dirty.discard(key)
+                    else:
+                        self._failures.pop(key, None)
+                if key in self._dirty:
+                    continue
+                if again is not None:
+                    self.request(key, max(again, 0.001))
+                return
+        finally:
+            self._running.discard(key)
+            if not self._running:
+                self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._running) + len(self._timers)
+
+    async def wait_idle(self) -> None:
+        """Until no reconcile runs (timers may still be pending)."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        self._closed = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
