@@ -31,6 +31,12 @@ class Expectations:
     def expect(self, ref: Hashable, resource_version: str | None) -> None:
         self._items[ref] = _Expected(resource_version, self._clock() + self._ttl)
 
+    def observe(self, ref: Hashable, resource_version: str | None) -> None:
+        """The watch delivered this version of `ref` (None: its deletion)."""
+        expected = self._items.get(ref)
+        if expected is not None and expected.resource_version == resource_version:
+            del self._items[ref]
+
     def pending(self, ref: Hashable, live_version: str | None) -> bool:
         """True while the cache has not yet caught up with our last write to `ref`."""
         expected = self._items.get(ref)

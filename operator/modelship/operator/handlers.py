@@ -231,32 +231,52 @@ async def pods(
 # ---- events: every change of a ModelDeployment or a child asks for a reconcile of the owner
 
 
+def _seen(memo: Any, key: Key, event: Mapping[str, Any], body: kopf.Body) -> None:
+    """Tell the reconciler which version of an object the cache now holds, then reconcile."""
+    runtime: Runtime = memo.runtime
+    version = None if event.get("type") == "DELETED" else body.metadata.get("resourceVersion")
+    runtime.reconciler.observe(key, str(body.get("kind", "")), body.metadata.name or "", version)
+    runtime.queue.request(key)
+
+
 @kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)
-async def model_deployment_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    memo.runtime.queue.request((namespace or "", name))
+async def model_deployment_changed(
+    namespace: str | None, name: str, event: Mapping[str, Any], body: kopf.Body, memo: Any, **_: Any
+) -> None:
+    _seen(memo, (namespace or "", name), event, body)
 
 
-async def _child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any) -> None:
-    owner = labels.get(naming.LABEL_MODEL_DEPLOYMENT)
-    if owner:
-        memo.runtime.queue.request((namespace or "", owner))
+async def _child_changed(
+    namespace: str | None, labels: Mapping[str, str], event: Mapping[str, Any], body: kopf.Body, memo: Any
+) -> None:
+    owner = _owner(namespace, labels)
+    if owner is not None:
+        _seen(memo, owner, event, body)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-    await _child_changed(namespace, labels, memo)
+async def deployment_changed(
+    namespace: str | None, labels: Mapping[str, str], event: Any, body: kopf.Body, memo: Any, **_: Any
+) -> None:
+    await _child_changed(namespace, labels, event, body, memo)
 
 
 @kopf.on.event("v1", "services", labels=MANAGED)
-async def service_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-    await _child_changed(namespace, labels, memo)
+async def service_changed(
+    namespace: str | None, labels: Mapping[str, str], event: Any, body: kopf.Body, memo: Any, **_: Any
+) -> None:
+    await _child_changed(namespace, labels, event, body, memo)
 
 
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
-async def autoscaler_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-    await _child_changed(namespace, labels, memo)
+async def autoscaler_changed(
+    namespace: str | None, labels: Mapping[str, str], event: Any, body: kopf.Body, memo: Any, **_: Any
+) -> None:
+    await _child_changed(namespace, labels, event, body, memo)
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED)
-async def pod_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-    await _child_changed(namespace, labels, memo)
+async def pod_changed(
+    namespace: str | None, labels: Mapping[str, str], event: Any, body: kopf.Body, memo: Any, **_: Any
+) -> None:
+    await _child_changed(namespace, labels, event, body, memo)

@@ -301,6 +301,7 @@ def autoscaler(md: ModelDeployment, target_deployment: str) -> Manifest | None:
 def _stamp(manifest: Manifest) -> Manifest:
     """Record the manifest's own hash on it, so that a changed manifest is re-applied even
     when it only drops fields (which a subset comparison with the live object cannot see)."""
+    manifest["metadata"].pop("annotations", None)
     digest = canonical_hash(manifest, 16)
     manifest["metadata"]["annotations"] = {naming.ANNOTATION_APPLIED: digest}
     return manifest

@@ -88,6 +88,10 @@ class Reconciler:
         self._expectations = expectations if expectations is not None else Expectations()
         self._seen: set[Key] = set()  # reconciled at least once since this process started
 
+    def observe(self, key: Key, kind: str, name: str, resource_version: str | None) -> None:
+        """Called for every watch event of a ModelDeployment or a child (None: deleted)."""
+        self._expectations.observe((key, kind, name), resource_version)
+
     async def reconcile(self, key: Key) -> float | None:
         body = self._cache.model_deployment(key)
         if body is None:

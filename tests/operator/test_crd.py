@@ -1,0 +1,77 @@
+"""The CRD in crds/ agrees with what the operator writes (unknown status fields are pruned)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from modelship.operator import manifests, naming, spec
+from modelship.operator import status as st
+from modelship.operator.rollout import plan_rollout
+
+from tests.operator.factories import md_body
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "modelship.io_modeldeployments.yaml"
+
+
+def crd() -> dict[str, Any]:
+    return yaml.safe_load(CRD.read_text())
+
+
+def schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    paths = set()
+    for name, sub in (schema.get("properties") or {}).items():
+        path = f"{prefix}.{name}"
+        paths.add(path)
+        paths |= schema_paths(sub, path)
+        if "items" in sub:
+            paths |= schema_paths(sub["items"], path + "[]")
+    return paths
+
+
+def value_paths(value: Any, prefix: str = "") -> set[str]:
+    paths = set()
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            paths.add(f"{prefix}.{key}")
+            paths |= value_paths(sub, f"{prefix}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            paths |= value_paths(item, prefix + "[]")
+    return paths
+
+
+def test_names_and_subresources() -> None:
+    doc = crd()
+    assert doc["spec"]["group"] == naming.GROUP
+    assert doc["spec"]["names"]["kind"] == naming.KIND
+    assert doc["spec"]["names"]["plural"] == naming.PLURAL
+    assert doc["spec"]["names"]["shortNames"] == ["md"]
+    version = doc["spec"]["versions"][0]
+    assert version["name"] == naming.VERSION
+    assert version["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert columns == ["Model", "Version", "Ready", "Status", "Age"]
+
+
+def test_every_status_field_the_operator_writes_is_in_the_schema() -> None:
+    md = spec.parse(md_body(replicas=2))
+    revision = manifests.desired_revision(md, server_image="img:1")
+    status = st.compute_status(
+        md, revision, plan_rollout(revision.revision, None, {}), st.Observations(revisions={}), now="t"
+    )
+    status["model"] |= {"version": "3", "revision": "abc"}
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert value_paths(status) <= schema_paths(schema)
+    assert set(status) == st.OWNED_STATUS_FIELDS
+
+
+def test_replicas_has_no_default_so_that_autoscaling_can_exclude_it() -> None:
+    props = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert "default" not in props["replicas"]
+    assert "Absent means 1" in props["replicas"]["description"]

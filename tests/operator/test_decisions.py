@@ -1,0 +1,91 @@
+"""A reconcile's decision: what to apply and what to delete, given what exists."""
+
+from __future__ import annotations
+
+from modelship.operator import manifests, spec
+from modelship.operator.decisions import Children, decide
+from modelship.operator.drift import Difference
+
+from tests.operator.factories import live, md_body, ready_deployment
+
+IMAGE = "img:1"
+
+
+def desired(body: dict) -> tuple[dict, dict, dict | None]:
+    md = spec.parse(body)
+    revision = manifests.desired_revision(md, server_image=IMAGE)
+    return (
+        manifests.revision_deployment(md, revision, md.desired_replicas),
+        manifests.service(md),
+        manifests.autoscaler(md, revision.deployment_name),
+    )
+
+
+def test_a_new_model_deployment_gets_a_deployment_and_a_service() -> None:
+    decision = decide(spec.parse(md_body(replicas=2)), Children(), server_image=IMAGE)
+    assert [(a.kind, a.difference) for a in decision.apply] == [
+        ("Deployment", Difference.MISSING),
+        ("Service", Difference.MISSING),
+    ]
+    assert decision.delete == ()
+
+
+def test_nothing_to_do_when_the_children_are_as_wanted() -> None:
+    body = md_body(replicas=2)
+    deployment, service, _ = desired(body)
+    children = Children(deployments=[ready_deployment(deployment)], services=[live(service)])
+    decision = decide(spec.parse(body), children, server_image=IMAGE)
+    assert decision.apply == ()
+    assert decision.delete == ()
+    assert decision.plan.target_complete
+
+
+def test_a_new_version_keeps_the_old_deployment_until_the_new_one_is_complete() -> None:
+    old_body = md_body(replicas=2)
+    old_deployment, service, _ = desired(old_body)
+    new_body = md_body(replicas=2, model={"version": "4"}, status={"model": {"revision": "x"}})
+    new_deployment, _, _ = desired(new_body)
+    children = Children(deployments=[ready_deployment(old_deployment)], services=[live(service)])
+    decision = decide(spec.parse(new_body), children, server_image=IMAGE)
+    assert [a.name for a in decision.apply] == [new_deployment["metadata"]["name"]]
+    assert decision.delete == ()
+
+    children = Children(
+        deployments=[ready_deployment(old_deployment), ready_deployment(new_deployment)],
+        services=[live(service)],
+    )
+    decision = decide(spec.parse(new_body), children, server_image=IMAGE)
+    assert decision.apply == ()
+    assert [(d.kind, d.name) for d in decision.delete] == [("Deployment", old_deployment["metadata"]["name"])]
+    assert decision.delete[0].uid == f"uid-{old_deployment['metadata']['name']}"
+
+
+def test_autoscaling_adds_an_hpa_and_unsetting_it_removes_it() -> None:
+    body = md_body(autoscaling={"maxReplicas": 3})
+    deployment, service, hpa = desired(body)
+    assert hpa is not None
+    decision = decide(
+        spec.parse(body),
+        Children(deployments=[ready_deployment(deployment)], services=[live(service)]),
+        server_image=IMAGE,
+    )
+    assert [a.kind for a in decision.apply] == ["HorizontalPodAutoscaler"]
+
+    plain = md_body()
+    plain_deployment, _, _ = desired(plain)
+    children = Children(
+        deployments=[ready_deployment(plain_deployment)], services=[live(service)], autoscalers=[live(hpa)]
+    )
+    decision = decide(spec.parse(plain), children, server_image=IMAGE)
+    assert [(d.kind, d.name) for d in decision.delete] == [("HorizontalPodAutoscaler", "iris")]
+
+
+def test_children_of_an_earlier_object_with_the_same_name_are_ignored() -> None:
+    body = md_body(replicas=2)
+    deployment, service, _ = desired(body)
+    leftover = ready_deployment(deployment)
+    leftover["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-deleted-iris"
+    decision = decide(
+        spec.parse(body), Children(deployments=[leftover], services=[live(service)]), server_image=IMAGE
+    )
+    assert [a.kind for a in decision.apply] == ["Deployment"]

@@ -1,0 +1,186 @@
+"""The reconcile orchestration with an in-memory API: which writes and events it makes.
+
+The cluster tests run it against the real API server; these pin down its bookkeeping
+(writes only what differs, never twice for one change, status last, errors surfaced).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from modelship.operator import client as kube
+from modelship.operator import spec
+from modelship.operator.config import OperatorConfig
+from modelship.operator.decisions import Children
+from modelship.operator.reconciler import PERMANENT_ERROR_RETRY, Reconciler, transition_events
+
+from tests.operator.factories import live, md_body
+
+KEY = ("ml", "iris")
+
+
+class MemoryApi:
+    """Stores what is written; `sync()` copies it into the cache the way watch events would."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.md = body
+        self.cached_md = copy.deepcopy(body)
+        self.cached: dict[tuple[str, str], dict[str, Any]] = {}
+        self.writes: collections.Counter[str] = collections.Counter()
+        self.version = 100
+        self.fail_with: kube.ApiError | None = None
+
+    def _bump(self) -> str:
+        self.version += 1
+        return str(self.version)
+
+    async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
+        self.writes["apply"] += 1
+        if self.fail_with is not None:
+            raise self.fail_with
+        body = live(dict(manifest), resource_version=self._bump())
+        self.objects[(manifest["kind"], manifest["metadata"]["name"])] = body
+        return body
+
+    async def patch_status(
+        self, kind: Any, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        self.writes["status"] += 1
+        status = self.md.setdefault("status", {})
+        for key, value in patch.items():
+            if value is None:
+                status.pop(key, None)
+            elif isinstance(value, dict) and isinstance(status.get(key), dict):
+                status[key] = {k: v for k, v in {**status[key], **value}.items() if v is not None}
+            else:
+                status[key] = value
+        self.md["metadata"]["resourceVersion"] = self._bump()
+        return self.md
+
+    async def delete(self, kind: Any, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        self.writes["delete"] += 1
+        return self.objects.pop((kind.kind, name), None) is not None
+
+    def sync(self, reconciler: Reconciler) -> None:
+        """Deliver the watch events: the cache takes the stored state, the reconciler hears of it."""
+        for kind, name in set(self.cached) | set(self.objects):
+            body = self.objects.get((kind, name))
+            reconciler.observe(KEY, kind, name, body["metadata"]["resourceVersion"] if body else None)
+        self.cached = copy.deepcopy(self.objects)
+        self.cached_md = copy.deepcopy(self.md)
+        reconciler.observe(KEY, "ModelDeployment", "iris", self.md["metadata"]["resourceVersion"])
+
+    # the Cache protocol
+    def model_deployment(self, key: tuple[str, str]) -> Mapping[str, Any] | None:
+        return self.cached_md
+
+    def children(self, key: tuple[str, str]) -> Children:
+        def of(kind: str) -> list[dict[str, Any]]:
+            return [body for (k, _), body in self.cached.items() if k == kind]
+
+        return Children(
+            deployments=of("Deployment"), services=of("Service"), autoscalers=of("HorizontalPodAutoscaler")
+        )
+
+
+@pytest.fixture
+def api() -> MemoryApi:
+    return MemoryApi(md_body(replicas=2))
+
+
+@pytest.fixture
+def events() -> list[tuple[str, str, str]]:
+    return []
+
+
+@pytest.fixture
+def reconciler(api: MemoryApi, events: list[tuple[str, str, str]]) -> Reconciler:
+    def sink(md: spec.ModelDeployment, type_: str, reason: str, message: str) -> None:
+        events.append((type_, reason, message))
+
+    return Reconciler(api, api, sink, OperatorConfig(), clock=lambda: "2026-01-01T00:00:00Z")
+
+
+async def test_a_new_model_deployment_is_created_once_and_then_left_alone(
+    api: MemoryApi, reconciler: Reconciler, events: list[tuple[str, str, str]]
+) -> None:
+    assert await reconciler.reconcile(KEY) is None
+    assert api.writes == {"apply": 2, "status": 1}
+    assert [reason for _, reason, _ in events] == ["RevisionCreated", "ServiceCreated"]
+    assert api.md["status"]["phase"] == "Progressing"
+
+    # The watch has not delivered our writes yet: nothing is written twice.
+    await reconciler.reconcile(KEY)
+    assert api.writes == {"apply": 2, "status": 1}
+
+    # Once it has, and nothing changed, a resync writes nothing.
+    api.sync(reconciler)
+    await reconciler.reconcile(KEY)
+    assert api.writes == {"apply": 2, "status": 1}
+
+
+async def test_a_deployment_deleted_by_hand_is_restored(
+    api: MemoryApi, reconciler: Reconciler, events: list[tuple[str, str, str]]
+) -> None:
+    await reconciler.reconcile(KEY)
+    api.sync(reconciler)
+    api.objects.pop(next(k for k in api.objects if k[0] == "Deployment"))
+    api.sync(reconciler)
+    await reconciler.reconcile(KEY)
+    assert api.writes["apply"] == 3
+    assert events[-1][1] == "RevisionCreated"
+
+
+async def test_an_outage_is_raised_for_the_queue_to_retry(api: MemoryApi, reconciler: Reconciler) -> None:
+    api.fail_with = kube.ApiError(503, "ServiceUnavailable", "etcd is down")
+    with pytest.raises(kube.ApiError):
+        await reconciler.reconcile(KEY)
+
+
+async def test_a_refused_write_degrades_the_status_and_is_retried_much_later(
+    api: MemoryApi, reconciler: Reconciler, events: list[tuple[str, str, str]]
+) -> None:
+    api.fail_with = kube.ApiError(403, "Forbidden", "cannot patch deployments")
+    assert await reconciler.reconcile(KEY) == PERMANENT_ERROR_RETRY
+    degraded = next(c for c in api.md["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "ApplyFailed"
+    assert "cannot patch deployments" in degraded["message"]
+    assert ("Warning", "ApplyFailed") in [(t, r) for t, r, _ in events]
+
+
+async def test_a_model_deployment_being_deleted_is_not_touched(
+    api: MemoryApi, reconciler: Reconciler
+) -> None:
+    api.cached_md["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    await reconciler.reconcile(KEY)
+    assert sum(api.writes.values()) == 0
+
+
+def test_events_follow_condition_flips_only() -> None:
+    def status(ready: str, degraded: str, reason: str = "X") -> dict[str, Any]:
+        return {
+            "conditions": [
+                {"type": "Ready", "status": ready, "message": "serving"},
+                {"type": "Degraded", "status": degraded, "reason": reason, "message": "bad"},
+            ]
+        }
+
+    assert transition_events(status("False", "False"), status("True", "False")) == [
+        ("Normal", "Ready", "serving")
+    ]
+    assert transition_events(status("True", "False"), status("True", "False")) == []
+    assert transition_events(status("False", "False"), status("False", "True", "ModelLoadFailed")) == [
+        ("Warning", "ModelLoadFailed", "bad")
+    ]
+    assert transition_events(status("False", "True", "A"), status("False", "True", "B")) == [
+        ("Warning", "B", "bad")
+    ]
+    assert transition_events(status("False", "True"), status("False", "False")) == [
+        ("Normal", "Recovered", "no failures any more")
+    ]

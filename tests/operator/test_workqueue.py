@@ -1,0 +1,121 @@
+"""The reconcile queue: serialised per key, coalescing, retrying with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from modelship.operator.workqueue import WorkQueue
+
+
+async def test_requests_during_a_reconcile_coalesce_into_one_more_run() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    async def reconcile(key: str) -> None:
+        calls.append(key)
+        started.set()
+        await release.wait()
+
+    queue: WorkQueue[str] = WorkQueue(reconcile)
+    queue.request("a")
+    await started.wait()
+    for _ in range(10):
+        queue.request("a")
+    release.set()
+    await asyncio.wait_for(queue.wait_idle(), 5)
+    assert calls == ["a", "a"]
+    await queue.close()
+
+
+async def test_one_key_never_runs_twice_at_once_but_keys_run_in_parallel() -> None:
+    running: dict[str, int] = {}
+    overlap: list[str] = []
+    both = asyncio.Event()
+
+    async def reconcile(key: str) -> None:
+        running[key] = running.get(key, 0) + 1
+        if running[key] > 1:
+            overlap.append(key)
+        if len([k for k, n in running.items() if n]) == 2:
+            both.set()
+        await asyncio.sleep(0)
+        await asyncio.wait_for(both.wait(), 5)
+        running[key] -= 1
+
+    queue: WorkQueue[str] = WorkQueue(reconcile, concurrency=4)
+    for key in ["a", "b", "a", "b", "a"]:
+        queue.request(key)
+    await asyncio.wait_for(queue.wait_idle(), 5)
+    assert overlap == []
+    # Requests made before a key's reconcile starts are served by that reconcile.
+    assert queue.reconciles == 2
+    await queue.close()
+
+
+async def test_a_failure_is_retried_after_a_backoff_and_then_succeeds() -> None:
+    attempts: list[float] = []
+    done = asyncio.Event()
+
+    async def reconcile(key: str) -> None:
+        attempts.append(asyncio.get_running_loop().time())
+        if len(attempts) < 3:
+            raise RuntimeError("API unavailable")
+        done.set()
+
+    queue: WorkQueue[str] = WorkQueue(reconcile, base_delay=0.05, max_delay=0.2)
+    queue.request("a")
+    await asyncio.wait_for(done.wait(), 5)
+    assert len(attempts) == 3
+    assert queue.errors == 2
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[0] >= 0.03 and gaps[1] >= gaps[0] * 1.2
+    await queue.close()
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    async def reconcile(key: str) -> None:
+        return None
+
+    async def check() -> None:
+        queue: WorkQueue[str] = WorkQueue(reconcile, base_delay=1.0, max_delay=10.0)
+        assert 0.8 <= queue.backoff(1) <= 1.2
+        assert 3.2 <= queue.backoff(3) <= 4.8
+        assert queue.backoff(30) <= 12.0
+
+    asyncio.run(check())
+
+
+async def test_a_requested_requeue_runs_again_later() -> None:
+    calls: list[str] = []
+    twice = asyncio.Event()
+
+    async def reconcile(key: str) -> float | None:
+        calls.append(key)
+        if len(calls) == 2:
+            twice.set()
+            return None
+        return 0.01
+
+    queue: WorkQueue[str] = WorkQueue(reconcile)
+    queue.request("a")
+    await asyncio.wait_for(twice.wait(), 5)
+    assert calls == ["a", "a"]
+    await queue.close()
+
+
+async def test_an_immediate_request_replaces_a_pending_delayed_one() -> None:
+    calls: list[str] = []
+
+    async def reconcile(key: str) -> None:
+        calls.append(key)
+
+    queue: WorkQueue[str] = WorkQueue(reconcile)
+    queue.request("a", delay=60)
+    assert queue.pending == 1
+    queue.request("a")
+    await asyncio.wait_for(queue.wait_idle(), 5)
+    assert calls == ["a"]
+    assert queue.pending == 0
+    await queue.close()
