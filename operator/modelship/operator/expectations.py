@@ -4,9 +4,11 @@ After we apply a child or write a status, the watch event for that write arrives
 later; a reconcile that runs in between would see the old object and write again. Like the
 ReplicaSet controller's "expectations", we remember the resourceVersion each write returned
 (or that a deleted object should vanish) and skip re-writing that object until the cache shows
-it. Watch events of one resource arrive in order, so a later edit by someone else is seen
-after ours and still repaired. Expectations expire, in case the event for our write is never
-seen (a watch that restarted from a fresh list).
+that version or a later one. Resource versions of one resource are comparable integers
+(KEP-5504, stable since Kubernetes 1.35); Kopf may coalesce a burst of events into the last
+one, so "this version or later" matters, not "this version". An edit by someone else after
+our write is a later version, so it is still repaired. Expectations also expire, in case the
+cache never shows our write (an object deleted and re-created meanwhile).
 """
 
 from __future__ import annotations
@@ -14,6 +16,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+
+
+def is_at_least(version: str | None, expected: str) -> bool:
+    """Whether `version` is `expected` or later (KEP-5504), or equal where not comparable."""
+    if version is None:
+        return False
+    if (
+        version.isdigit()
+        and expected.isdigit()
+        and not version.startswith("0")
+        and not expected.startswith("0")
+    ):
+        return int(version) >= int(expected)
+    return version == expected
 
 
 @dataclass(frozen=True)
@@ -34,15 +50,21 @@ class Expectations:
     def observe(self, ref: Hashable, resource_version: str | None) -> None:
         """The watch delivered this version of `ref` (None: its deletion)."""
         expected = self._items.get(ref)
-        if expected is not None and expected.resource_version == resource_version:
+        if expected is not None and self._met(expected, resource_version):
             del self._items[ref]
+
+    @staticmethod
+    def _met(expected: _Expected, version: str | None) -> bool:
+        if expected.resource_version is None:
+            return version is None
+        return is_at_least(version, expected.resource_version)
 
     def pending(self, ref: Hashable, live_version: str | None) -> bool:
         """True while the cache has not yet caught up with our last write to `ref`."""
         expected = self._items.get(ref)
         if expected is None:
             return False
-        if self._clock() >= expected.deadline or expected.resource_version == live_version:
+        if self._clock() >= expected.deadline or self._met(expected, live_version):
             del self._items[ref]
             return False
         return True

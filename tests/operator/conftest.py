@@ -1,0 +1,183 @@
+"""Fixtures for the operator's cluster tests: the CRDs installed once, and the operator itself
+running as a real `kopf run` subprocess whose JSON log lines the tests can wait on."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.support import wait_until
+
+KOPF = ROOT / ".venv" / "bin" / "kopf"
+CRDS = ROOT / "crds"
+# Tests use their own peering object, so that an operator someone runs by hand against the
+# same cluster (with the default `modelship` peering) is not paused by them, nor pauses them.
+TEST_PEERING = "modelship-tests"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess:
+    """`kopf run -m modelship.operator` in the background, with its log lines kept."""
+
+    def __init__(
+        self, kubeconfig: str, log_dir: Path, *, name: str, priority: int, extra_env: dict[str, str]
+    ):
+        self.kubeconfig = kubeconfig
+        self.log_path = log_dir / f"{name}.log"
+        self.name = name
+        self.priority = priority
+        self.extra_env = extra_env
+        self.port = _free_port()
+        self.process: subprocess.Popen[str] | None = None
+        self.lines: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        assert self.process is None, "already running"
+        env = {
+            **os.environ,
+            "KUBECONFIG": self.kubeconfig,
+            "MODELSHIP_PEERING_PRIORITY": str(self.priority),
+            "MODELSHIP_PEERING_LIFETIME": "10",
+            **self.extra_env,
+        }
+        command = [
+            str(KOPF),
+            "run",
+            "-m",
+            "modelship.operator",
+            "--all-namespaces",
+            f"--peering={TEST_PEERING}",
+            "--log-format=json",
+            f"--liveness=http://127.0.0.1:{self.port}/healthz",
+        ]
+        self.lines = []
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+        )
+        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
+        self._reader.start()
+        self.wait_for(lambda line: "Activity 'startup' succeeded" in line["message"], what="startup")
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        with self.log_path.open("a") as log:
+            for raw in process.stdout:
+                log.write(raw)
+                log.flush()
+                try:
+                    line = json.loads(raw)
+                except ValueError:
+                    line = {"message": raw.rstrip("\n"), "severity": "raw"}
+                with self._lock:
+                    self.lines.append(line)
+
+    def stop(self) -> None:
+        """SIGTERM, as Kubernetes stops a pod: the operator leaves the peering on its way out."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.lines)
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 30.0, what: str = "a log line"
+    ) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            assert self.process is not None and self.process.poll() is None, (
+                f"the operator exited; its log is {self.log_path}"
+            )
+            return next((line for line in self.snapshot() if predicate(line)), None)
+
+        return wait_until(find, timeout=timeout, what=f"{what} from operator {self.name}")
+
+    def reconciles(self, namespace: str, name: str | None = None) -> list[dict[str, Any]]:
+        """The operator's 'reconciled' lines for objects of one namespace (or one object)."""
+        prefix = f"{namespace}/{name}" if name else f"{namespace}/"
+        return [
+            line
+            for line in self.snapshot()
+            if line.get("message", "").startswith("reconciled ")
+            and str(line.get("md", "")).startswith(prefix)
+        ]
+
+
+@pytest.fixture(scope="session")
+def kubectl(kube_bin_dir: Path, kubeconfig: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the pinned kubectl against the test cluster; `check=False` to look at failures."""
+
+    def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(kube_bin_dir / "kubectl"), "--kubeconfig", kubeconfig, *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def crds(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """The CRDs from crds/, installed (server-side, so re-running is a no-op) and established."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
+    for name in ("modeldeployments.modelship.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
+        kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+
+
+@pytest.fixture(scope="session")
+def operator_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("operator-logs")
+
+
+@pytest.fixture(scope="session")
+def operator(kubeconfig: str, crds: None, operator_logs: Path) -> Iterator[OperatorProcess]:
+    """The operator under test, watching every namespace, with the highest test priority."""
+    process = OperatorProcess(kubeconfig, operator_logs, name="main", priority=100, extra_env={})
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def second_operator(kubeconfig: str, crds: None, operator_logs: Path) -> Iterator[OperatorProcess]:
+    """Another instance of the operator (as a second replica would be), with a lower priority."""
+    process = OperatorProcess(
+        kubeconfig, operator_logs, name=f"second-{int(time.time())}", priority=10, extra_env={}
+    )
+    yield process
+    process.stop()
