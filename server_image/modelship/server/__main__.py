@@ -1,0 +1,5 @@
+import sys
+
+from modelship.server.main import main
+
+sys.exit(main())

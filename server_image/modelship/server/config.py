@@ -1,0 +1,177 @@
+"""The server's settings: command-line flags over the `MODELSHIP_*` environment the operator sets."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CACHE_DIR = "/tmp/modelship/models"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_name: str
+    model_uri: str
+    model_version: str = "1"
+    model_sha256: str | None = None
+    revision: str = ""
+    threads: int = 1
+    max_batch_size: int = 32
+    max_delay_ms: float = 0.0
+    host: str = "0.0.0.0"
+    port: int = 8080
+    auth_token_file: str | None = None
+    cache_dir: str = DEFAULT_CACHE_DIR
+    termination_log: str = DEFAULT_TERMINATION_LOG
+    max_model_bytes: int = 4 << 30
+    max_request_bytes: int = 64 << 20
+    grace_period_seconds: float = 25.0
+    fetch_attempts: int = 4
+    log_level: str = "info"
+    command: str = "serve"
+
+    @property
+    def batching_enabled(self) -> bool:
+        return self.max_batch_size > 1
+
+
+def parse_cpu_max(text: str) -> int | None:
+    """CPUs a cgroup v2 `cpu.max` line ("quota period" or "max period") allows, rounded up; None: no limit."""
+    parts = text.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        quota, period = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, -(-quota // period))
+
+
+def default_threads(cpu_max_path: Path = CGROUP_CPU_MAX) -> int:
+    """The pod's CPU limit when the cgroup has one, else the CPUs this process may run on.
+
+    onnxruntime's own default counts the host's cores and ignores the limit, which oversubscribes
+    a limited pod on a big node.
+    """
+    try:
+        limit = parse_cpu_max(cpu_max_path.read_text())
+    except OSError:
+        limit = None
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        available = os.cpu_count() or 1
+    return min(limit, available) if limit else available
+
+
+# (flag, env suffix, type, help). The flag's dest is the Settings field of the same name.
+_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    ("model_name", "MODEL_NAME", str, "name the model is served under (required)"),
+    ("model_version", "MODEL_VERSION", str, "version the model is served under"),
+    ("model_uri", "MODEL_URI", str, "file://, plain path or http(s):// URI of the .onnx file (required)"),
+    ("model_sha256", "MODEL_SHA256", str, "expected sha256 of the model file (required for http(s))"),
+    ("revision", "REVISION", str, "label of the deployment revision, added to every metric"),
+    ("threads", "THREADS", int, "onnxruntime intra-op threads (default: the cgroup CPU limit)"),
+    ("max_batch_size", "MAX_BATCH_SIZE", int, "rows merged into one run; 1 turns batching off"),
+    ("max_delay_ms", "MAX_DELAY_MS", float, "longest a request waits for a batch to fill"),
+    ("host", "HOST", str, "address to listen on"),
+    ("port", "PORT", int, "port to listen on"),
+    ("auth_token_file", "AUTH_TOKEN_FILE", str, "file holding the bearer token inference requests need"),
+    ("cache_dir", "CACHE_DIR", str, "folder downloaded models are kept in, named by their sha256"),
+    ("termination_log", "TERMINATION_LOG", str, "file the reason of a failed start is written to"),
+    ("max_model_bytes", "MAX_MODEL_BYTES", int, "largest model file accepted"),
+    ("max_request_bytes", "MAX_REQUEST_BYTES", int, "largest request body accepted"),
+    ("grace_period_seconds", "GRACE_PERIOD_SECONDS", float, "longest drain after SIGTERM"),
+    ("fetch_attempts", "FETCH_ATTEMPTS", int, "tries of a model download before giving up"),
+    ("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m modelship.server",
+        description="Serve one ONNX model over the Open Inference Protocol. Every flag can also be "
+        "given as MODELSHIP_<FLAG> in the environment; a flag wins over the environment.",
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=("serve", "fetch"),
+        help="serve (default), or fetch: download and verify the model into the cache, then exit",
+    )
+    for name, env, _kind, text in _OPTIONS:
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{text} [MODELSHIP_{env}]"
+        )
+    return parser
+
+
+def _convert(name: str, kind: type, raw: str) -> object:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be a{'n integer' if kind is int else ' number'}, got {raw!r}"
+        ) from None
+    return value
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags and environment, checked; raises ConfigError naming the bad setting."""
+    env = os.environ if environ is None else environ
+    args = _parser().parse_args(argv)
+    values: dict[str, object] = {"command": args.command}
+    for name, suffix, kind, _text in _OPTIONS:
+        raw = getattr(args, name)
+        if raw is None:
+            raw = env.get("MODELSHIP_" + suffix)
+        if raw is None or raw == "":
+            continue
+        values[name] = _convert(name, kind, raw) if kind is not str else raw
+    for required in ("model_name", "model_uri"):
+        if not values.get(required):
+            raise ConfigError(
+                f"{required} is required (--{required.replace('_', '-')} or MODELSHIP_{required.upper()})"
+            )
+    if isinstance(values.get("model_sha256"), str):
+        values["model_sha256"] = str(values["model_sha256"]).lower()
+    if "threads" not in values:
+        values["threads"] = default_threads()
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if s.threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {s.threads}")
+    if s.max_batch_size < 1:
+        raise ConfigError(f"max_batch_size must be at least 1, got {s.max_batch_size}")
+    if not 0 <= s.max_delay_ms <= 60_000:
+        raise ConfigError(f"max_delay_ms must be between 0 and 60000, got {s.max_delay_ms}")
+    if not 0 < s.port < 65536:
+        raise ConfigError(f"port must be between 1 and 65535, got {s.port}")
+    if s.max_model_bytes < 1 or s.max_request_bytes < 1:
+        raise ConfigError("max_model_bytes and max_request_bytes must be positive")
+    if s.grace_period_seconds < 0:
+        raise ConfigError(f"grace_period_seconds must not be negative, got {s.grace_period_seconds}")
+    if s.model_sha256 is not None:
+        digest = s.model_sha256.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ConfigError(f"model_sha256 must be 64 hex digits, got {s.model_sha256!r}")
+    if s.fetch_attempts < 1:
+        raise ConfigError(f"fetch_attempts must be at least 1, got {s.fetch_attempts}")
+    if s.log_level not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")

@@ -1,0 +1,176 @@
+"""Getting the model file: local paths as they are, http(s) streamed into a cache named by its sha256.
+
+Nothing is handed to onnxruntime before its bytes have been checked against the expected sha256, and
+the bytes that were checked are the bytes that get parsed (no second read of a file that may change).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from modelship.server.errors import ModelLoadError
+
+log = logging.getLogger("modelship.server.fetch")
+
+_PERMANENT_STATUS = frozenset({400, 401, 403, 404, 405, 410, 451})
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    data: bytes
+    sha256: str
+    source: str
+
+
+def is_remote(uri: str) -> bool:
+    return urlsplit(uri).scheme in ("http", "https")
+
+
+def cache_path(cache_dir: str | os.PathLike[str], sha256: str) -> Path:
+    """Where a model with this digest lives in the cache: a pure function of the digest, so that an init
+    container and the serving container agree without talking."""
+    return Path(cache_dir) / f"{sha256}.onnx"
+
+
+def local_path(uri: str) -> Path:
+    """The path of a `file://` URI or a plain path; ModelLoadError for any other scheme."""
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ModelLoadError(f"file URI {uri} names host {parts.netloc!r}; only local files can be read")
+        return Path(unquote(parts.path))
+    if parts.scheme == "" or (len(parts.scheme) == 1 and uri[1:3] in (":\\", ":/")):
+        return Path(uri)
+    raise ModelLoadError(
+        f"unsupported model URI scheme {parts.scheme!r} in {uri}: use file://, a path or http(s)://"
+    )
+
+
+def read_verified(path: Path, expected_sha256: str | None, max_bytes: int, source: str) -> ModelFile:
+    """The file's bytes, refused when larger than `max_bytes` or when their digest is not the expected one."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ModelLoadError(f"{source} is {size} bytes, over the limit of {max_bytes}")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{source} does not exist") from None
+    except IsADirectoryError:
+        raise ModelLoadError(f"{source} is a directory, not an .onnx file") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise ModelLoadError(f"{source} is over the limit of {max_bytes} bytes")
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ModelLoadError(f"sha256 mismatch for {source}: expected {expected_sha256}, got {digest}")
+    return ModelFile(data=data, sha256=digest, source=source)
+
+
+class _Retryable(Exception):
+    pass
+
+
+def download(
+    url: str,
+    dest: Path,
+    expected_sha256: str,
+    max_bytes: int,
+    *,
+    attempts: int = 4,
+    backoff_seconds: float = 0.5,
+    timeout_seconds: float = 60.0,
+) -> None:
+    """Stream `url` into `dest`, retrying transient failures; `dest` appears only once its digest matches."""
+    last: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            _download_once(url, dest, expected_sha256, max_bytes, timeout_seconds)
+            return
+        except _Retryable as exc:
+            last = exc
+            log.warning("download of %s failed (attempt %d of %d): %s", url, attempt, attempts, exc)
+            if attempt < attempts:
+                time.sleep(min(backoff_seconds * 2 ** (attempt - 1), 8.0))
+    raise ModelLoadError(f"download of {url} failed after {attempts} attempts: {last}")
+
+
+def _download_once(url: str, dest: Path, expected_sha256: str, max_bytes: int, timeout: float) -> None:
+    part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    try:
+        with (
+            httpx.Client(follow_redirects=True, timeout=httpx.Timeout(timeout, connect=10.0)) as client,
+            client.stream("GET", url) as response,
+        ):
+            status = response.status_code
+            if status in _PERMANENT_STATUS:
+                raise ModelLoadError(f"download of {url} failed: HTTP {status}")
+            if status >= 300:
+                raise _Retryable(f"HTTP {status}")
+            declared = response.headers.get("content-length")
+            expected_len = int(declared) if declared and declared.isdigit() else None
+            if expected_len is not None and expected_len > max_bytes:
+                raise ModelLoadError(f"{url} is {expected_len} bytes, over the limit of {max_bytes}")
+            digest = hashlib.sha256()
+            received = 0
+            with open(part, "wb") as out:
+                for chunk in response.iter_raw(_CHUNK):
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise ModelLoadError(f"{url} is over the limit of {max_bytes} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if expected_len is not None and received != expected_len:
+                raise _Retryable(f"truncated body: received {received} of {expected_len} bytes")
+        got = digest.hexdigest()
+        if got != expected_sha256:
+            raise ModelLoadError(f"sha256 mismatch for {url}: expected {expected_sha256}, got {got}")
+        os.replace(part, dest)
+    except httpx.RemoteProtocolError as exc:
+        raise _Retryable(f"truncated or broken response: {exc}") from None
+    except httpx.TransportError as exc:
+        raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+
+
+def fetch_model(
+    uri: str, expected_sha256: str | None, cache_dir: str, max_bytes: int, *, attempts: int = 4
+) -> ModelFile:
+    """The verified bytes of the model. A remote one comes from the cache when an init container (or an
+    earlier start) already fetched it, and is downloaded into the cache otherwise."""
+    if not is_remote(uri):
+        return read_verified(local_path(uri), expected_sha256, max_bytes, uri)
+    if expected_sha256 is None:
+        raise ModelLoadError(f"a sha256 is required to download {uri} (MODELSHIP_MODEL_SHA256)")
+    dest = cache_path(cache_dir, expected_sha256)
+    source = f"{dest} (from {uri})"
+    if dest.exists():
+        try:
+            cached = read_verified(dest, expected_sha256, max_bytes, source)
+            log.info("using the cached copy of %s at %s", uri, dest)
+            return cached
+        except ModelLoadError as exc:
+            log.warning("the cached copy is unusable, downloading again: %s", exc)
+            with contextlib.suppress(OSError):
+                dest.unlink()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot create the model cache {dest.parent}: {exc.strerror or exc}") from None
+    download(uri, dest, expected_sha256, max_bytes, attempts=attempts)
+    return read_verified(dest, expected_sha256, max_bytes, source)

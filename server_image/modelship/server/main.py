@@ -1,0 +1,221 @@
+"""Process lifecycle: `serve` (listen, load the model in the background, drain on SIGTERM) and `fetch`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import uvicorn
+from modelship.server.app import create_app
+from modelship.server.config import DEFAULT_TERMINATION_LOG, ConfigError, Settings, load_settings
+from modelship.server.errors import ModelLoadError
+from modelship.server.fetch import fetch_model
+from modelship.server.runtime import ModelRuntime
+from modelship.server.state import ServerState
+
+log = logging.getLogger("modelship.server")
+
+_TERMINATION_MESSAGE_LIMIT = 4096  # what the kubelet keeps of /dev/termination-log
+
+
+def report_failure(path: str, message: str) -> None:
+    """Log `message` and write it as one line to the termination log, where `kubectl describe` shows it."""
+    line = " ".join(message.split())[: _TERMINATION_MESSAGE_LIMIT - 1]
+    log.error("%s", line)
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(line + "\n")
+    except OSError as exc:
+        log.warning("cannot write the termination log %s: %s", path, exc.strerror or exc)
+
+
+def load_runtime(settings: Settings) -> ModelRuntime:
+    model = fetch_model(
+        settings.model_uri,
+        settings.model_sha256,
+        settings.cache_dir,
+        settings.max_model_bytes,
+        attempts=settings.fetch_attempts,
+    )
+    runtime = ModelRuntime.load(model, settings.threads)
+    runtime.warm_up(settings.max_batch_size)
+    return runtime
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM or SIGINT drains: readiness fails at once, the listener
+    stays open (answering 503 to new inference requests) until the requests in flight are done or the
+    grace period is over, and only then does the process exit. A second signal exits at once."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self._state = state
+        self._drain_task: asyncio.Task[None] | None = None
+        # Set when the process stops with inference still running (grace period over, or a second signal).
+        self.abandoned_work = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if self._drain_task is not None:
+            log.warning("second %s: exiting now", signal.Signals(sig).name)
+            self.force_exit = self.should_exit = self.abandoned_work = True
+            return
+        log.info(
+            "%s: draining (grace period %.1fs)",
+            signal.Signals(sig).name,
+            self._state.settings.grace_period_seconds,
+        )
+        self._state.begin_drain()
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        grace = self._state.settings.grace_period_seconds
+        deadline = time.monotonic() + grace
+        if not await self._state.wait_idle(grace):
+            log.warning("grace period over with %d request(s) still in flight", self._state.inflight)
+            self.abandoned_work = True
+        self.config.timeout_graceful_shutdown = max(1, int(deadline - time.monotonic()) + 1)
+        self.should_exit = True
+
+    def stop(self) -> None:
+        self.should_exit = True
+
+
+async def serve(settings: Settings) -> tuple[int, bool]:
+    """Serve until drained; returns the exit code, and whether inference was still running at the end."""
+    try:
+        state = ServerState(settings)
+    except ModelLoadError as exc:
+        report_failure(settings.termination_log, f"start failed: {exc}")
+        return 1, False
+    config = uvicorn.Config(
+        create_app(state),
+        host=settings.host,
+        port=settings.port,
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.grace_period_seconds) + 1,
+        timeout_keep_alive=30,
+    )
+    server = _DrainingServer(config, state)
+    loop = asyncio.get_running_loop()
+    exit_code = 0
+
+    def on_loaded(runtime: ModelRuntime | None, seconds: float, error: str | None) -> None:
+        nonlocal exit_code
+        if runtime is None:
+            report_failure(settings.termination_log, f"model load failed: {error}")
+            exit_code = 1
+            server.stop()
+            return
+        state.attach(runtime, seconds)
+        sig = runtime.signature
+        log.info(
+            "model %s version %s ready in %.2fs (sha256 %s, %d threads, batching %s)",
+            settings.model_name,
+            settings.model_version,
+            seconds,
+            runtime.sha256,
+            settings.threads,
+            f"up to {settings.max_batch_size} rows, {settings.max_delay_ms} ms"
+            if state.batching
+            else "off"
+            if sig.batched
+            else "off (the model has no batch dimension)",
+        )
+
+    def load() -> None:
+        # A thread of its own, not the default executor: the process must be able to exit (SIGTERM)
+        # while a large download is still going.
+        started = time.perf_counter()
+        try:
+            runtime = load_runtime(settings)
+        except ModelLoadError as exc:
+            loop.call_soon_threadsafe(on_loaded, None, 0.0, str(exc))
+            return
+        except Exception as exc:
+            log.exception("unexpected error while loading the model")
+            loop.call_soon_threadsafe(on_loaded, None, 0.0, f"unexpected {type(exc).__name__}: {exc}")
+            return
+        loop.call_soon_threadsafe(on_loaded, runtime, time.perf_counter() - started, None)
+
+    threading.Thread(target=load, name="model-loader", daemon=True).start()
+    try:
+        await server.serve()
+    finally:
+        await state.close()
+    if not server.started and exit_code == 0:
+        exit_code = 1  # uvicorn could not listen; it logged why
+    return exit_code, server.abandoned_work
+
+
+def _run(settings: Settings) -> int:
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # uvloop only makes the event loop faster
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        code, abandoned = runner.run(serve(settings))
+    if abandoned:
+        # An onnxruntime run cannot be interrupted, and the interpreter would wait for its thread at exit:
+        # leave now, the grace period is over.
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        report_failure(
+            os.environ.get("MODELSHIP_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG, f"bad settings: {exc}"
+        )
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if settings.command == "fetch":
+        try:
+            model = fetch_model(
+                settings.model_uri,
+                settings.model_sha256,
+                settings.cache_dir,
+                settings.max_model_bytes,
+                attempts=settings.fetch_attempts,
+            )
+        except ModelLoadError as exc:
+            report_failure(settings.termination_log, f"model fetch failed: {exc}")
+            return 1
+        log.info("model %s verified (sha256 %s)", model.source, model.sha256)
+        return 0
+    return _run(settings)

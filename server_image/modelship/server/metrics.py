@@ -1,0 +1,99 @@
+"""Prometheus metrics of one served model. Names and labels are an interface: canary analysis and
+autoscaling query them, so they change only together with those queries."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+LABELS = ("model", "version", "revision")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# The `_created` series double the output and nothing we know of queries them.
+disable_created_metrics()
+
+
+class Metrics:
+    """The server's metrics in a registry of their own (so that several servers can live in one test)."""
+
+    def __init__(self, model: str, version: str, revision: str) -> None:
+        self.registry = CollectorRegistry()
+        self._labels = (model, version, revision)
+        r = self.registry
+        self._requests = Counter(
+            "modelship_requests",
+            "Inference requests (V2 infer and V1 predict) by HTTP status code.",
+            [*LABELS, "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "modelship_request_duration_seconds",
+            "Time from receiving an inference request to its response.",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ).labels(*self._labels)
+        self.inference_duration = Histogram(
+            "modelship_inference_duration_seconds",
+            "Time of one onnxruntime run (one batch).",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ).labels(*self._labels)
+        self.batch_size = Histogram(
+            "modelship_batch_size",
+            "Requests merged into one onnxruntime run.",
+            LABELS,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        ).labels(*self._labels)
+        self.queue_duration = Histogram(
+            "modelship_queue_duration_seconds",
+            "Time a request waited before its onnxruntime run started.",
+            LABELS,
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        ).labels(*self._labels)
+        self.inflight = Gauge(
+            "modelship_inflight_requests",
+            "Inference requests being handled now.",
+            LABELS,
+            registry=r,
+        ).labels(*self._labels)
+        self.model_load_seconds = Gauge(
+            "modelship_model_load_seconds",
+            "Time it took to fetch, verify, load and warm up the model.",
+            LABELS,
+            registry=r,
+        ).labels(*self._labels)
+        self._model_info = Gauge(
+            "modelship_model_info",
+            "The served model; always 1.",
+            [*LABELS, "sha256"],
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+        self._by_code: dict[int, Counter] = {}
+
+    def count_request(self, code: int) -> None:
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._requests.labels(*self._labels, str(code))
+        child.inc()
+
+    def model_loaded(self, sha256: str, seconds: float) -> None:
+        self.model_load_seconds.set(seconds)
+        self._model_info.labels(*self._labels, sha256).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

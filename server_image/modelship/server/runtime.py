@@ -1,0 +1,119 @@
+"""The onnxruntime side: one InferenceSession with explicit threads, its signature, a warm-up, and runs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from modelship.server.errors import ModelLoadError
+from modelship.server.fetch import ModelFile
+from modelship.server.protocol import DTYPES, ORT_DATATYPES, Signature, TensorSpec
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+log = logging.getLogger("modelship.server.runtime")
+
+# What onnxruntime raises for a graph that cannot run on the given inputs (as opposed to our bugs).
+_ORT_ERRORS: tuple[type[Exception], ...] = (
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.RuntimeException,
+    ort_errors.NotImplemented,
+    ort_errors.InvalidGraph,
+    ort_errors.EPFail,
+)
+
+
+class InferenceError(Exception):
+    """onnxruntime refused to run the graph on these inputs."""
+
+
+def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
+    """Explicit threads: onnxruntime's default counts the host's cores and ignores the pod's CPU limit.
+
+    Spinning is off because the intra-op workers share the pod's few cores with the event loop that
+    parses and encodes requests; a spinning worker would take CPU from it between runs.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.log_severity_level = 3
+    return options
+
+
+def _spec(arg: Any, what: str) -> TensorSpec:
+    datatype = ORT_DATATYPES.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError(
+            f"{what} {arg.name!r} has type {arg.type}, which the inference protocol cannot carry "
+            "(supported: tensors of bool, (u)int8-64, float16/32/64 and string)"
+        )
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (arg.shape or ()))
+    return TensorSpec(name=arg.name, datatype=datatype, shape=shape)
+
+
+def signature_of(session: ort.InferenceSession) -> Signature:
+    inputs = tuple(_spec(arg, "input") for arg in session.get_inputs())
+    outputs = tuple(_spec(arg, "output") for arg in session.get_outputs())
+    batched = all(spec.shape and spec.shape[0] == -1 for spec in (*inputs, *outputs))
+    return Signature(inputs=inputs, outputs=outputs, batched=batched)
+
+
+def dummy_feeds(signature: Signature, rows: int) -> dict[str, np.ndarray]:
+    """Zeros (empty strings) of the declared shapes, `rows` on a batched model's first dimension."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        shape = [max(dim, 1) for dim in spec.shape]
+        if signature.batched:
+            shape[0] = rows
+        if spec.datatype == "BYTES":
+            feeds[spec.name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=DTYPES[spec.datatype])
+    return feeds
+
+
+class ModelRuntime:
+    """A loaded model: run() may be called from several threads at once (onnxruntime allows it)."""
+
+    def __init__(self, session: ort.InferenceSession, sha256: str) -> None:
+        self.session = session
+        self.sha256 = sha256
+        self.signature = signature_of(session)
+        self._output_names = list(self.signature.output_names)
+
+    @classmethod
+    def load(cls, model: ModelFile, threads: int) -> ModelRuntime:
+        try:
+            session = ort.InferenceSession(
+                model.data, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime's errors share no base class but Exception
+            raise ModelLoadError(f"{model.source} is not a loadable ONNX model: {_first_line(exc)}") from None
+        return cls(session, model.sha256)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            results = self.session.run(self._output_names, feeds)
+        except _ORT_ERRORS as exc:
+            raise InferenceError(_first_line(exc)) from None
+        return dict(zip(self._output_names, results, strict=True))
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Run dummy batches so that the first real request does not pay for allocations and kernels."""
+        sizes = [1, max_batch_size] if self.signature.batched and max_batch_size > 1 else [1]
+        for rows in sizes:
+            try:
+                self.run(dummy_feeds(self.signature, rows))
+            except InferenceError as exc:
+                raise ModelLoadError(f"warm-up inference with {rows} row(s) of zeros failed: {exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,172 @@
+"""Small real ONNX models the server tests (and the benchmark) build with the `onnx` package."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def mlp_weights(sizes: Sequence[int], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
+            (rng.standard_normal(b) * 0.1).astype(np.float32),
+        )
+        for a, b in itertools.pairwise(sizes)
+    ]
+
+
+def mlp(sizes: Sequence[int] = (4, 8, 3), seed: int = 0) -> onnx.ModelProto:
+    """A float32 MLP (ReLU between layers) with a dynamic batch dimension: input x, output y."""
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    current = "x"
+    layers = mlp_weights(sizes, seed)
+    for i, (w, b) in enumerate(layers):
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]))
+        last = i == len(layers) - 1
+        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], ["y" if last else f"a{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"h{i}"]))
+            current = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", sizes[-1]])],
+        inits,
+    )
+    return _model(graph)
+
+
+def mlp_reference(x: np.ndarray, sizes: Sequence[int] = (4, 8, 3), seed: int = 0) -> np.ndarray:
+    layers = mlp_weights(sizes, seed)
+    h = x.astype(np.float32)
+    for i, (w, b) in enumerate(layers):
+        h = h @ w + b
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0)
+    return h
+
+
+# name -> (ONNX type, op applied, numpy reference)
+DTYPE_CASES = {
+    "i64": (TensorProto.INT64, "add_one"),
+    "i32": (TensorProto.INT32, "add_one"),
+    "i8": (TensorProto.INT8, "identity"),
+    "u8": (TensorProto.UINT8, "identity"),
+    "b": (TensorProto.BOOL, "not"),
+    "f16": (TensorProto.FLOAT16, "add_one"),
+    "f64": (TensorProto.DOUBLE, "add_one"),
+}
+
+
+def dtypes() -> onnx.ModelProto:
+    """One input per dtype (shape [batch, 2]), each mapped to an output `<name>_out` of the same dtype:
+    numbers get +1 (int8/uint8 pass through), booleans are negated."""
+    nodes, inputs, outputs, inits = [], [], [], []
+    for name, (elem, op) in DTYPE_CASES.items():
+        inputs.append(helper.make_tensor_value_info(name, elem, ["batch", 2]))
+        outputs.append(helper.make_tensor_value_info(f"{name}_out", elem, ["batch", 2]))
+        if op == "add_one":
+            dtype = helper.tensor_dtype_to_np_dtype(elem)
+            inits.append(numpy_helper.from_array(np.array(1, dtype=dtype), f"{name}_one"))
+            nodes.append(helper.make_node("Add", [name, f"{name}_one"], [f"{name}_out"]))
+        elif op == "not":
+            nodes.append(helper.make_node("Not", [name], [f"{name}_out"]))
+        else:
+            nodes.append(helper.make_node("Identity", [name], [f"{name}_out"]))
+    return _model(helper.make_graph(nodes, "dtypes", inputs, outputs, inits))
+
+
+def strings() -> onnx.ModelProto:
+    """BYTES in and out: text [batch, 2] with its two columns swapped into `swapped`."""
+    order = numpy_helper.from_array(np.array([1, 0], dtype=np.int64), "order")
+    node = helper.make_node("Gather", ["text", "order"], ["swapped"], axis=1)
+    graph = helper.make_graph(
+        [node],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 2])],
+        [helper.make_tensor_value_info("swapped", TensorProto.STRING, ["batch", 2])],
+        [order],
+    )
+    return _model(graph)
+
+
+def fixed() -> onnx.ModelProto:
+    """No batch dimension: x [2, 3] float32 -> doubled [2, 3] and total [] (the sum of x)."""
+    two = numpy_helper.from_array(np.array(2, dtype=np.float32), "two")
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], ["doubled"]),
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [
+            helper.make_tensor_value_info("doubled", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+        ],
+        [two],
+    )
+    return _model(graph)
+
+
+def slow(iterations: int, width: int = 256) -> onnx.ModelProto:
+    """x [batch, width] through `iterations` rounds of tanh(h @ W) in a Loop: a model that takes a while."""
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(
+        (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "w"
+    )
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["h_in", "w"], ["m"]),
+            helper.make_node("Tanh", ["m"], ["h_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["batch", width]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", width]),
+        ],
+    )
+    inits = [
+        w,
+        numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "cond"),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        inits,
+    )
+    return _model(graph)
