@@ -151,3 +151,10 @@ def test_trimming_keeps_what_reconciling_reads() -> None:
     assert "managedFields" not in trimmed["metadata"]
     assert trimmed["spec"] == body["spec"]
     assert trimmed["metadata"]["labels"][naming.LABEL_REVISION]
+
+
+def test_the_cache_keeps_a_compact_spec_that_expands_back() -> None:
+    body = live(target_deployment())
+    compacted = observed.compact(body)
+    assert isinstance(compacted["spec"], str)
+    assert observed.expand(compacted) == observed.trim_object(body)

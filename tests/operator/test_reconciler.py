@@ -111,7 +111,7 @@ async def test_a_new_model_deployment_is_created_once_and_then_left_alone(
 ) -> None:
     assert await reconciler.reconcile(KEY) is None
     assert api.writes == {"apply": 2, "status": 1}
-    assert [reason for _, reason, _ in events] == ["RevisionCreated", "ServiceCreated"]
+    assert [reason for _, reason, _ in events] == ["RevisionCreated"]
     assert api.md["status"]["phase"] == "Progressing"
 
     # The watch has not delivered our writes yet: nothing is written twice.

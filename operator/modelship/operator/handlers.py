@@ -67,10 +67,13 @@ class IndexCache:
             store = index.get(key)
             return list(store) if store else []
 
+        def expanded(index: kopf.Index[Any, Any]) -> list[Mapping[str, Any]]:
+            return [observed.expand(body) for body in values(index)]
+
         return Children(
-            deployments=values(self._deployments),
-            services=values(self._services),
-            autoscalers=values(self._autoscalers),
+            deployments=expanded(self._deployments),
+            services=expanded(self._services),
+            autoscalers=expanded(self._autoscalers),
             pods=values(self._pods),
         )
 
@@ -201,7 +204,7 @@ async def deployments(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, Any] | None:
     owner = _owner(namespace, labels)
-    return {owner: observed.trim_object(body)} if owner else None
+    return {owner: observed.compact(body)} if owner else None
 
 
 @kopf.index("v1", "services", labels=MANAGED)
@@ -209,7 +212,7 @@ async def services(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, Any] | None:
     owner = _owner(namespace, labels)
-    return {owner: observed.trim_object(body)} if owner else None
+    return {owner: observed.compact(body)} if owner else None
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
@@ -217,7 +220,7 @@ async def autoscalers(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, Any] | None:
     owner = _owner(namespace, labels)
-    return {owner: observed.trim_object(body)} if owner else None
+    return {owner: observed.compact(body)} if owner else None
 
 
 @kopf.index("v1", "pods", labels=MANAGED)

@@ -8,6 +8,7 @@ carry the server's own words (the container's termination message).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,24 @@ def trim_object(body: Body) -> dict[str, Any]:
         if key in body:
             kept[key] = body[key]
     return kept
+
+
+def compact(body: Body) -> dict[str, Any]:
+    """A child as the cache keeps it: trimmed, its spec as a JSON string.
+
+    A Deployment's spec (the whole pod template) parsed into Python dicts takes ~25 KB; as
+    compact JSON ~4 KB. Only a reconcile of its owner reads it, so it is parsed then.
+    """
+    kept = trim_object(body)
+    if "spec" in kept:
+        kept["spec"] = json.dumps(kept["spec"], separators=(",", ":"))
+    return kept
+
+
+def expand(body: Body) -> dict[str, Any]:
+    """The inverse of `compact`."""
+    spec = body.get("spec")
+    return {**body, "spec": json.loads(spec)} if isinstance(spec, str) else dict(body)
 
 
 def trim_pod(body: Body) -> dict[str, Any]:

@@ -7,8 +7,10 @@ Kubernetes Events a user reads in `kubectl describe`, and writes status when it 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -67,6 +69,7 @@ class Outcome:
     events: int = 0
     skipped: int = 0  # writes not repeated because the cache has not caught up with ours
     actions: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
 
 class Reconciler:
@@ -110,10 +113,14 @@ class Reconciler:
         children = self._cache.children(key)
         decision = decide(md, children, server_image=self._config.server_image)
         errors: list[str] = []
-        for action in decision.apply:
-            await self._apply(md, action, children, errors, outcome)
-        for deletion in decision.delete:
-            await self._delete(md, deletion, decision, children, errors, outcome)
+        # The children are independent of each other: write them at once, not one after another.
+        await asyncio.gather(
+            *(self._apply(md, action, children, errors, outcome) for action in decision.apply),
+            *(
+                self._delete(md, deletion, decision, children, errors, outcome)
+                for deletion in decision.delete
+            ),
+        )
         await self._write_status(md, decision, children, errors, outcome)
         self._log(key, outcome, "")
         return PERMANENT_ERROR_RETRY if errors else None
@@ -148,8 +155,9 @@ class Reconciler:
         outcome.writes += 1
         outcome.actions.append(f"apply {action.kind}/{action.name} ({action.difference.value})")
         self._expectations.expect(ref, _version(result))
-        reason, message = _apply_event(md, action)
-        self._event(md, "Normal", reason, message, outcome)
+        event = _apply_event(md, action)
+        if event is not None:
+            self._event(md, "Normal", *event, outcome)
 
     async def _delete(
         self,
@@ -268,9 +276,10 @@ class Reconciler:
         level = logging.INFO if outcome.writes or outcome.events or first else logging.DEBUG
         logger.log(
             level,
-            "reconciled %s/%s: writes=%d events=%d skipped=%d first=%s%s%s",
+            "reconciled %s/%s in %.3fs: writes=%d events=%d skipped=%d first=%s%s%s",
             key[0],
             key[1],
+            time.monotonic() - outcome.started,
             outcome.writes,
             outcome.events,
             outcome.skipped,
@@ -291,7 +300,9 @@ def _revision_of(pod: Body) -> str:
     return ((pod.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_REVISION, "")
 
 
-def _apply_event(md: spec.ModelDeployment, action: Apply) -> tuple[str, str]:
+def _apply_event(md: spec.ModelDeployment, action: Apply) -> tuple[str, str] | None:
+    """The Event for an apply, or None for a routine one (the Service follows the spec; each
+    Event is one more write for the API server, a thousand of them when many models start)."""
     manifest = action.manifest
     kind, name = action.kind, action.name
     if action.difference is Difference.DRIFTED:
@@ -312,7 +323,7 @@ def _apply_event(md: spec.ModelDeployment, action: Apply) -> tuple[str, str]:
             f"between {hpa['minReplicas']} and {hpa['maxReplicas']} replicas"
         )
         return ("AutoscalerCreated" if created else "AutoscalerUpdated"), text
-    return ("ServiceCreated" if created else "ServiceUpdated"), f"{kind} {name} serves {md.model.name}"
+    return None
 
 
 def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
