@@ -122,7 +122,7 @@ class Servers:
     token: str
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def servers(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     """One server per test model, started side by side (each start mostly waits on imports)."""
     logs = tmp_path_factory.mktemp("server-logs")
@@ -172,6 +172,8 @@ class ModelHost:
     # path -> how many more requests get a 503 before the file is served
     flaky: dict[str, int]
     hits: dict[str, int]
+    # path -> an event the response waits for (a download that takes as long as the test wants)
+    gates: dict[str, threading.Event]
 
 
 @pytest.fixture
@@ -180,10 +182,14 @@ def model_host() -> Iterator[ModelHost]:
     truncated: dict[str, bytes] = {}
     flaky: dict[str, int] = {}
     hits: dict[str, int] = {}
+    gates: dict[str, threading.Event] = {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             hits[self.path] = hits.get(self.path, 0) + 1
+            gate = gates.get(self.path)
+            if gate is not None:
+                gate.wait(timeout=60)
             if flaky.get(self.path, 0) > 0:
                 flaky[self.path] -= 1
                 self.send_response(503)
@@ -199,16 +205,16 @@ def model_host() -> Iterator[ModelHost]:
                 self.wfile.flush()
                 self.close_connection = True
                 return
-            body = files.get(self.path)
-            if body is None:
+            found = files.get(self.path)
+            if found is None:
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(found)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(found)
 
         def log_message(self, format: str, *args: object) -> None:
             return
@@ -218,7 +224,7 @@ def model_host() -> Iterator[ModelHost]:
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield ModelHost(f"http://127.0.0.1:{httpd.server_address[1]}", files, truncated, flaky, hits)
+        yield ModelHost(f"http://127.0.0.1:{httpd.server_address[1]}", files, truncated, flaky, hits, gates)
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -135,9 +135,10 @@ async def test_one_bad_request_in_a_batch_fails_alone(executor) -> None:
         )
     finally:
         await runner.close()
-    assert results[0]["value"].tolist() == [10.0]
-    assert isinstance(results[1], InferenceError)
-    assert results[2]["value"].tolist() == [12.0, 11.0]
+    first, bad, third = results
+    assert isinstance(first, dict) and first["value"].tolist() == [10.0]
+    assert isinstance(bad, InferenceError)
+    assert isinstance(third, dict) and third["value"].tolist() == [12.0, 11.0]
 
 
 def test_concurrent_http_callers_get_their_own_rows_ids_and_encodings(servers: Servers) -> None:

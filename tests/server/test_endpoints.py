@@ -13,8 +13,8 @@ from tests.server import models
 from tests.server.conftest import Servers
 
 
-def _infer(url: str, body: dict, model: str = "mlp", **kwargs: object) -> httpx.Response:
-    return httpx.post(f"{url}/v2/models/{model}/infer", content=orjson.dumps(body), timeout=10, **kwargs)
+def _infer(url: str, body: dict, model: str = "mlp") -> httpx.Response:
+    return httpx.post(f"{url}/v2/models/{model}/infer", content=orjson.dumps(body), timeout=10)
 
 
 def _x(rows: np.ndarray) -> dict:
@@ -128,7 +128,7 @@ def test_v1_predict(servers: Servers) -> None:
 
 def test_every_dtype_round_trips_in_json_and_binary(servers: Servers) -> None:
     rng = np.random.default_rng(3)
-    values = {
+    values: dict[str, np.ndarray] = {
         "i64": np.array([[2**40, -5], [7, 0]], dtype=np.int64),
         "i32": np.array([[-(2**31), 12], [3, 4]], dtype=np.int32),
         "i8": np.array([[-128, 127], [0, 1]], dtype=np.int8),

@@ -112,7 +112,7 @@ def test_binary_inputs_follow_the_json_header_in_order() -> None:
 def test_every_datatype_decodes_from_json_and_from_binary(datatype: str, values: list, dtype: type) -> None:
     sig = Signature(inputs=(TensorSpec("x", datatype, (-1,)),), outputs=(), batched=True)
     from_json = decode_infer_request(_request(_x([2], values, datatype)), None, sig).feeds["x"]
-    expected = np.array(values, dtype=dtype)
+    expected: np.ndarray = np.array(values, dtype=dtype)
     np.testing.assert_array_equal(from_json, expected)
     assert from_json.dtype == expected.dtype
     raw = expected.astype(expected.dtype.newbyteorder("<")).tobytes()

@@ -94,6 +94,7 @@ class _DrainingServer(uvicorn.Server):
         if not await self._state.wait_idle(grace):
             log.warning("grace period over with %d request(s) still in flight", self._state.inflight)
             self.abandoned_work = True
+            self.force_exit = True  # uvicorn must not wait for them either
         self.config.timeout_graceful_shutdown = max(1, int(deadline - time.monotonic()) + 1)
         self.should_exit = True
 

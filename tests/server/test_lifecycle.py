@@ -1,0 +1,220 @@
+"""The process as the kubelet sees it: load failures with a termination message, fetch mode, SIGTERM drain."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.server import models
+from tests.server.conftest import ModelHost, StartServer
+from tests.support import wait_until
+
+
+def _env(uri: str, tmp_path: Path, **more: str) -> dict[str, str]:
+    return {
+        "MODELSHIP_MODEL_NAME": "m",
+        "MODELSHIP_MODEL_URI": uri,
+        "MODELSHIP_CACHE_DIR": str(tmp_path / "cache"),
+        "MODELSHIP_TERMINATION_LOG": str(tmp_path / "termination-log"),
+        **more,
+    }
+
+
+def _fails_with(start_server: StartServer, env: dict[str, str], tmp_path: Path, *args: str) -> str:
+    server = start_server(env, *args, wait=False)
+    assert server.wait_exit(timeout=60) == 1, server.log()
+    message = (tmp_path / "termination-log").read_text()
+    assert message.endswith("\n") and message.count("\n") == 1, message
+    return message.strip()
+
+
+def test_wrong_checksum_stops_the_start_with_one_line(
+    start_server: StartServer, model_dir: Path, tmp_path: Path
+) -> None:
+    path = model_dir / "mlp.onnx"
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    env = _env(str(path), tmp_path, MODELSHIP_MODEL_SHA256="0" * 64)
+    assert _fails_with(start_server, env, tmp_path) == (
+        f"model load failed: sha256 mismatch for {path}: expected {'0' * 64}, got {actual}"
+    )
+
+
+def test_a_file_that_is_not_onnx_stops_the_start(start_server: StartServer, tmp_path: Path) -> None:
+    path = tmp_path / "not-a-model.onnx"
+    path.write_bytes(b"this is not protobuf at all" * 10)
+    message = _fails_with(start_server, _env(str(path), tmp_path), tmp_path)
+    assert message.startswith(f"model load failed: {path} is not a loadable ONNX model: ")
+
+
+def test_404_stops_the_start(start_server: StartServer, model_host: ModelHost, tmp_path: Path) -> None:
+    url = model_host.url + "/gone.onnx"
+    message = _fails_with(start_server, _env(url, tmp_path, MODELSHIP_MODEL_SHA256="1" * 64), tmp_path)
+    assert message == f"model load failed: download of {url} failed: HTTP 404"
+
+
+def test_truncated_download_stops_the_start(
+    start_server: StartServer, model_host: ModelHost, tmp_path: Path
+) -> None:
+    model_host.truncated["/m.onnx"] = b"\x08" * 300
+    url = model_host.url + "/m.onnx"
+    env = _env(url, tmp_path, MODELSHIP_MODEL_SHA256="1" * 64, MODELSHIP_FETCH_ATTEMPTS="1")
+    message = _fails_with(start_server, env, tmp_path)
+    assert message.startswith(f"model load failed: download of {url} failed after 1 attempts: truncated")
+
+
+def test_bad_settings_stop_the_start(start_server: StartServer, tmp_path: Path) -> None:
+    server = start_server(_env("/x.onnx", tmp_path, MODELSHIP_THREADS="many"), wait=False)
+    assert server.wait_exit(timeout=60) == 2
+    assert (
+        tmp_path / "termination-log"
+    ).read_text() == "bad settings: threads must be an integer, got 'many'\n"
+
+
+def test_fetch_mode_fills_the_cache_that_serving_then_uses(
+    start_server: StartServer, model_host: ModelHost, model_dir: Path, tmp_path: Path
+) -> None:
+    data = (model_dir / "mlp.onnx").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    model_host.files["/mlp.onnx"] = data
+    env = _env(model_host.url + "/mlp.onnx", tmp_path, MODELSHIP_MODEL_SHA256=sha)
+
+    fetch = start_server(env, "fetch", wait=False)
+    assert fetch.wait_exit(timeout=60) == 0, fetch.log()
+    assert (tmp_path / "cache" / f"{sha}.onnx").read_bytes() == data
+
+    del model_host.files["/mlp.onnx"]  # the serving container must not need the network again
+    server = start_server(env)
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    response = httpx.post(f"{server.url}/v2/models/m/infer", content=orjson.dumps(body))
+    assert response.status_code == 200
+    assert model_host.hits["/mlp.onnx"] == 1
+    assert f'sha256="{sha}"' in httpx.get(f"{server.url}/metrics").text
+
+
+def test_fetch_mode_failure_writes_the_termination_log(
+    start_server: StartServer, model_host: ModelHost, tmp_path: Path
+) -> None:
+    url = model_host.url + "/missing.onnx"
+    message = _fails_with(
+        start_server, _env(url, tmp_path, MODELSHIP_MODEL_SHA256="2" * 64), tmp_path, "fetch"
+    )
+    assert message == f"model fetch failed: download of {url} failed: HTTP 404"
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model whose every request takes about a second (more on a busy machine)."""
+    return models.save(models.slow(iterations=300_000), tmp_path_factory.mktemp("slow") / "slow.onnx")
+
+
+def _slow_request(url: str) -> httpx.Response:
+    body = {"inputs": [{"name": "x", "shape": [1, 256], "datatype": "FP32", "data": [0.5] * 256}]}
+    return httpx.post(f"{url}/v2/models/m/infer", content=orjson.dumps(body), timeout=60)
+
+
+def _not_ready(url: str) -> httpx.Response | None:
+    response = httpx.get(f"{url}/v2/health/ready")
+    return response if response.status_code == 503 else None
+
+
+def _inflight(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("modelship_inflight_requests{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_sigterm_fails_readiness_at_once_and_lets_requests_in_flight_finish(
+    start_server: StartServer, slow_model: Path, tmp_path: Path
+) -> None:
+    server = start_server(
+        _env(str(slow_model), tmp_path, MODELSHIP_THREADS="1", MODELSHIP_MAX_BATCH_SIZE="1")
+    )
+    assert server.proc is not None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(_slow_request, server.url)
+        wait_until(
+            lambda: _inflight(server.url) == 1, timeout=30, interval=0.02, what="the request in flight"
+        )
+        server.proc.send_signal(signal.SIGTERM)
+        ready = wait_until(
+            lambda: _not_ready(server.url),
+            timeout=5,
+            interval=0.02,
+            what="readiness to fail",
+        )
+        assert not slow.done(), "the slow request should still be running"
+        assert ready.json() == {"error": "the server is shutting down"}
+        refused = _slow_request(server.url)
+        assert refused.status_code == 503 and refused.json() == {"error": "the server is shutting down"}
+        assert slow.result(timeout=60).status_code == 200
+    assert server.wait_exit(timeout=30) == 0
+
+
+def test_the_process_exits_when_the_grace_period_is_over(
+    start_server: StartServer, slow_model: Path, tmp_path: Path
+) -> None:
+    env = _env(
+        str(slow_model),
+        tmp_path,
+        MODELSHIP_THREADS="1",
+        MODELSHIP_MAX_BATCH_SIZE="1",
+        MODELSHIP_GRACE_PERIOD_SECONDS="0.2",
+    )
+    server = start_server(env)
+    assert server.proc is not None
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        # Three requests queue behind each other on one thread: several seconds of work in all.
+        pending = [pool.submit(_slow_request, server.url) for _ in range(3)]
+        wait_until(lambda: _inflight(server.url) == 3, timeout=30, interval=0.02, what="requests in flight")
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_exit(timeout=30)
+        exited_after = time.monotonic() - signalled
+        for future in pending:
+            with contextlib.suppress(httpx.HTTPError):
+                future.result(timeout=30)
+    assert exited_after < 0.2 + 1.0, f"exited {exited_after:.2f}s after SIGTERM"
+    assert re.search(r"grace period over with [1-3] request\(s\) still in flight", server.log())
+
+
+def test_model_is_not_ready_and_infer_is_503_while_loading(
+    start_server: StartServer, model_host: ModelHost, model_dir: Path, tmp_path: Path
+) -> None:
+    data = (model_dir / "mlp.onnx").read_bytes()
+    model_host.files["/mlp.onnx"] = data
+    release = model_host.gates["/mlp.onnx"] = threading.Event()
+    env = _env(
+        model_host.url + "/mlp.onnx", tmp_path, MODELSHIP_MODEL_SHA256=hashlib.sha256(data).hexdigest()
+    )
+    server = start_server(env, wait=False)
+    try:
+        wait_until(lambda: model_host.hits.get("/mlp.onnx"), timeout=60, interval=0.02, what="the download")
+        wait_until(
+            lambda: _answers(f"{server.url}/v2/health/live"), timeout=30, interval=0.02, what="a listener"
+        )
+        assert httpx.get(f"{server.url}/v2/health/ready").json() == {"error": "the model is loading"}
+        assert httpx.get(f"{server.url}/v2/models/m/ready").status_code == 503
+        body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+        response = httpx.post(f"{server.url}/v2/models/m/infer", content=orjson.dumps(body))
+        assert response.status_code == 503 and response.json() == {"error": "the model is loading"}
+    finally:
+        release.set()
+    server.wait_ready()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.TransportError:
+        return False
