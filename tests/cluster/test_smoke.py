@@ -22,7 +22,15 @@ def _deployment(name: str, replicas: int) -> client.V1Deployment:
             selector=client.V1LabelSelector(match_labels=LABELS),
             template=client.V1PodTemplateSpec(
                 metadata=client.V1ObjectMeta(labels=LABELS),
-                spec=client.V1PodSpec(containers=[container]),
+                # KWOK nodes carry this taint when the cluster also has a real node: these
+                # pods run nothing, so they go to the fake nodes only.
+                spec=client.V1PodSpec(
+                    containers=[container],
+                    node_selector={"type": "kwok"},
+                    tolerations=[
+                        client.V1Toleration(key="kwok.x-k8s.io/node", operator="Exists", effect="NoSchedule")
+                    ],
+                ),
             ),
         ),
     )
@@ -30,9 +38,10 @@ def _deployment(name: str, replicas: int) -> client.V1Deployment:
 
 def _available(apps: client.AppsV1Api, namespace: str, name: str) -> bool:
     status = apps.read_namespaced_deployment_status(name, namespace).status
-    return any(c.type == "Available" and c.status == "True" for c in status.conditions or []) and (
-        status.ready_replicas or 0
-    ) == (status.replicas or 0) > 0
+    return (
+        any(c.type == "Available" and c.status == "True" for c in status.conditions or [])
+        and (status.ready_replicas or 0) == (status.replicas or 0) > 0
+    )
 
 
 def test_deployment_becomes_available_with_ready_pods_on_kwok_nodes(k8s_api, namespace):
