@@ -1,0 +1,84 @@
+"""Settings from flags and the MODELSHIP_* environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from modelship.server.config import ConfigError, default_threads, load_settings, parse_cpu_max
+
+BASE = {"MODELSHIP_MODEL_NAME": "m", "MODELSHIP_MODEL_URI": "/models/m.onnx"}
+
+
+def test_environment_fills_every_setting() -> None:
+    env = {
+        **BASE,
+        "MODELSHIP_MODEL_VERSION": "7",
+        "MODELSHIP_MODEL_SHA256": "AB" * 32,
+        "MODELSHIP_REVISION": "r2",
+        "MODELSHIP_THREADS": "3",
+        "MODELSHIP_MAX_BATCH_SIZE": "16",
+        "MODELSHIP_MAX_DELAY_MS": "2.5",
+        "MODELSHIP_PORT": "9000",
+        "MODELSHIP_AUTH_TOKEN_FILE": "/secrets/token",
+        "MODELSHIP_CACHE_DIR": "/models",
+        "MODELSHIP_TERMINATION_LOG": "/tmp/t",
+        "MODELSHIP_MAX_MODEL_BYTES": "1000",
+        "MODELSHIP_MAX_REQUEST_BYTES": "2000",
+        "MODELSHIP_GRACE_PERIOD_SECONDS": "5",
+        "MODELSHIP_FETCH_ATTEMPTS": "2",
+    }
+    s = load_settings([], env)
+    assert (s.model_name, s.model_version, s.model_uri) == ("m", "7", "/models/m.onnx")
+    assert s.model_sha256 == "ab" * 32  # compared in lower case
+    assert (s.revision, s.threads, s.max_batch_size, s.max_delay_ms) == ("r2", 3, 16, 2.5)
+    assert (s.port, s.auth_token_file, s.cache_dir, s.termination_log) == (
+        9000,
+        "/secrets/token",
+        "/models",
+        "/tmp/t",
+    )
+    assert (s.max_model_bytes, s.max_request_bytes, s.grace_period_seconds, s.fetch_attempts) == (
+        1000,
+        2000,
+        5,
+        2,
+    )
+    assert s.command == "serve" and s.batching_enabled
+
+
+def test_flags_win_over_the_environment() -> None:
+    s = load_settings(["fetch", "--model-name", "other", "--max-batch-size", "1"], BASE)
+    assert s.command == "fetch" and s.model_name == "other" and s.model_uri == "/models/m.onnx"
+    assert not s.batching_enabled
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"MODELSHIP_MODEL_URI": "/m.onnx"}, "model_name is required"),
+        ({**BASE, "MODELSHIP_THREADS": "0"}, "threads must be at least 1"),
+        ({**BASE, "MODELSHIP_PORT": "http"}, "port must be an integer"),
+        ({**BASE, "MODELSHIP_MAX_DELAY_MS": "-1"}, "max_delay_ms"),
+        ({**BASE, "MODELSHIP_MODEL_SHA256": "abc"}, "64 hex digits"),
+        ({**BASE, "MODELSHIP_MAX_BATCH_SIZE": "0"}, "max_batch_size"),
+    ],
+)
+def test_bad_settings_name_themselves(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings([], env)
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [("max 100000", None), ("200000 100000", 2), ("150000 100000", 2), ("50000 100000", 1), ("junk", None)],
+)
+def test_cgroup_cpu_limit_rounds_up(text: str, cpus: int | None) -> None:
+    assert parse_cpu_max(text) == cpus
+
+
+def test_default_threads_follow_the_cgroup_limit(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("100000 100000\n")
+    assert default_threads(cpu_max) == 1
+    assert default_threads(tmp_path / "missing") >= 1

@@ -1,0 +1,61 @@
+"""The onnxruntime side: signatures, batch detection, warm-up, and models the protocol cannot carry."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from modelship.server.errors import ModelLoadError
+from modelship.server.fetch import ModelFile
+from modelship.server.protocol import TensorSpec
+from modelship.server.runtime import ModelRuntime
+from onnx import TensorProto, helper
+
+from tests.server import models
+
+
+def _load(model: onnx.ModelProto) -> ModelRuntime:
+    return ModelRuntime.load(ModelFile(model.SerializeToString(), "f" * 64, "test.onnx"), threads=1)
+
+
+def test_signature_and_batch_dimension() -> None:
+    mlp = _load(models.mlp())
+    assert mlp.signature.inputs == (TensorSpec("x", "FP32", (-1, 4)),)
+    assert mlp.signature.batched
+    fixed = _load(models.fixed())
+    assert fixed.signature.outputs == (TensorSpec("doubled", "FP32", (2, 3)), TensorSpec("total", "FP32", ()))
+    assert not fixed.signature.batched
+    dtypes = _load(models.dtypes())
+    assert [s.datatype for s in dtypes.signature.inputs] == [
+        "INT64",
+        "INT32",
+        "INT8",
+        "UINT8",
+        "BOOL",
+        "FP16",
+        "FP64",
+    ]
+
+
+def test_warm_up_and_run() -> None:
+    runtime = _load(models.mlp())
+    runtime.warm_up(max_batch_size=8)
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(runtime.run({"x": x})["y"], models.mlp_reference(x), rtol=1e-5)
+
+
+def test_a_model_with_a_type_the_protocol_cannot_carry_is_refused() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("SequenceConstruct", ["x"], ["seq"])],
+        "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelLoadError, match="output 'seq' has type seq\\(tensor\\(float\\)\\)"):
+        _load(model)
+
+
+def test_garbage_is_not_a_model() -> None:
+    with pytest.raises(ModelLoadError, match=r"test\.onnx is not a loadable ONNX model: "):
+        ModelRuntime.load(ModelFile(b"\x00garbage", "f" * 64, "test.onnx"), threads=1)
