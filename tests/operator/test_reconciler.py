@@ -34,6 +34,7 @@ class MemoryApi:
         self.writes: collections.Counter[str] = collections.Counter()
         self.version = 100
         self.fail_with: kube.ApiError | None = None
+        self.edit_during_apply = False
 
     def _bump(self) -> str:
         self.version += 1
@@ -43,6 +44,9 @@ class MemoryApi:
         self.writes["apply"] += 1
         if self.fail_with is not None:
             raise self.fail_with
+        if self.edit_during_apply:  # someone changes the ModelDeployment while we write
+            meta = {**self.cached_md["metadata"], "resourceVersion": self._bump()}
+            self.cached_md = {**self.cached_md, "metadata": meta}
         body = live(dict(manifest), resource_version=self._bump())
         self.objects[(manifest["kind"], manifest["metadata"]["name"])] = body
         return body
@@ -134,6 +138,14 @@ async def test_a_deployment_deleted_by_hand_is_restored(
     await reconciler.reconcile(KEY)
     assert api.writes["apply"] == 3
     assert events[-1][1] == "RevisionCreated"
+
+
+async def test_a_status_computed_from_an_object_that_changed_meanwhile_is_not_written(
+    api: MemoryApi, reconciler: Reconciler
+) -> None:
+    api.edit_during_apply = True
+    await reconciler.reconcile(KEY)
+    assert api.writes == {"apply": 2}  # the change's own event brings the next reconcile
 
 
 async def test_an_outage_is_raised_for_the_queue_to_retry(api: MemoryApi, reconciler: Reconciler) -> None:

@@ -103,6 +103,7 @@ class Reconciler:
             return None
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             return None  # the garbage collector is removing the children; do not re-create them
+        started_at = _version(body)
         outcome = Outcome()
         try:
             md = spec.parse(body)
@@ -121,7 +122,7 @@ class Reconciler:
                 for deletion in decision.delete
             ),
         )
-        await self._write_status(md, decision, children, errors, outcome)
+        await self._write_status(md, decision, children, errors, outcome, started_at)
         self._log(key, outcome, "")
         return PERMANENT_ERROR_RETRY if errors else None
 
@@ -201,6 +202,7 @@ class Reconciler:
         children: Children,
         errors: list[str],
         outcome: Outcome,
+        started_at: str | None,
     ) -> None:
         keep = set(decision.plan.keep)
         pods = [p for p in children.pods if _revision_of(p) in keep]
@@ -211,7 +213,7 @@ class Reconciler:
             apply_errors=tuple(errors),
         )
         new = status_.compute_status(md, decision.revision, decision.plan, seen, now=self._clock())
-        await self._patch_status(md.key, md.status, new, outcome, md=md)
+        await self._patch_status(md.key, md.status, new, outcome, md=md, started_at=started_at)
 
     async def _write_invalid(self, key: Key, body: Body, message: str, outcome: Outcome) -> None:
         meta = body.get("metadata") or {}
@@ -233,7 +235,7 @@ class Reconciler:
                 condition(status_.DEGRADED, True, "InvalidSpec", message),
             ],
         }
-        await self._patch_status(key, old, new, outcome, md=None)
+        await self._patch_status(key, old, new, outcome, md=None, started_at=_version(body))
 
     async def _patch_status(
         self,
@@ -243,12 +245,18 @@ class Reconciler:
         outcome: Outcome,
         *,
         md: spec.ModelDeployment | None,
+        started_at: str | None,
     ) -> None:
+        ref = (key, naming.KIND, key[1])
+        body = self._cache.model_deployment(key)
+        if _version(body) != started_at:
+            # The object changed while we wrote its children: `old` is stale, and the event of
+            # that change has already asked for another reconcile, which writes the status.
+            outcome.skipped += 1
+            return
         patch = status_.merge_patch(old, new, owned=status_.OWNED_STATUS_FIELDS)
         if not patch:
             return
-        ref = (key, naming.KIND, key[1])
-        body = self._cache.model_deployment(key)
         if self._expectations.pending(ref, _version(body)):
             outcome.skipped += 1
             return
