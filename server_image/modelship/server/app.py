@@ -6,6 +6,7 @@ would cost more than the rest of the hot path together.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -96,6 +97,39 @@ def create_app(state: ServerState) -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    async def run_inference(request: Request, v1: bool) -> Response:
+        reason = not_ready_reason()
+        if reason is not None:
+            raise RequestError(503, reason)
+        runtime, runner = state.runtime, state.runner
+        assert runtime is not None and runner is not None
+        body = await read_body(request)
+        if v1:
+            feeds, rows = protocol.decode_v1_request(body, runtime.signature)
+        else:
+            req = protocol.decode_infer_request(
+                body, request.headers.get(protocol.HEADER_LENGTH), runtime.signature
+            )
+            feeds, rows = req.feeds, req.rows
+        try:
+            results = await runner.infer(feeds, rows)
+        except InferenceError as exc:
+            raise RequestError(400, f"the model cannot run on these inputs: {exc}") from None
+        if v1:
+            return Response(
+                protocol.encode_v1_response(results, runtime.signature.output_names), media_type=_JSON
+            )
+        payload, header_length = protocol.encode_infer_response(
+            settings.model_name, settings.model_version, req.id, req.outputs, results
+        )
+        if header_length is None:
+            return Response(payload, media_type=_JSON)
+        return Response(
+            payload,
+            media_type=protocol.BINARY_CONTENT_TYPE,
+            headers={protocol.HEADER_LENGTH: str(header_length)},
+        )
+
     async def infer(request: Request, v1: bool) -> Response:
         authorize(request)
         find_model(request)
@@ -103,43 +137,14 @@ def create_app(state: ServerState) -> FastAPI:
         state.request_started()
         code = 500
         try:
-            reason = not_ready_reason()
-            if reason is not None:
-                raise RequestError(503, reason)
-            runtime, runner = state.runtime, state.runner
-            assert runtime is not None and runner is not None
-            body = await read_body(request)
-            if v1:
-                feeds, rows = protocol.decode_v1_request(body, runtime.signature)
-            else:
-                req = protocol.decode_infer_request(
-                    body, request.headers.get(protocol.HEADER_LENGTH), runtime.signature
-                )
-                feeds, rows = req.feeds, req.rows
-            try:
-                results = await runner.infer(feeds, rows)
-            except InferenceError as exc:
-                raise RequestError(400, f"the model cannot run on these inputs: {exc}") from None
-            if v1:
-                response = Response(
-                    protocol.encode_v1_response(results, runtime.signature.output_names), media_type=_JSON
-                )
-            else:
-                payload, header_length = protocol.encode_infer_response(
-                    settings.model_name, settings.model_version, req.id, req.outputs, results
-                )
-                if header_length is None:
-                    response = Response(payload, media_type=_JSON)
-                else:
-                    response = Response(
-                        payload,
-                        media_type=protocol.BINARY_CONTENT_TYPE,
-                        headers={protocol.HEADER_LENGTH: str(header_length)},
-                    )
+            response = await run_inference(request, v1)
             code = 200
             return response
         except RequestError as exc:
             code = exc.status
+            raise
+        except asyncio.CancelledError:
+            code = 499  # cut off (shutdown past its grace period): not an error of the model
             raise
         finally:
             state.request_finished()

@@ -48,7 +48,7 @@ def local_path(uri: str) -> Path:
         if parts.netloc not in ("", "localhost"):
             raise ModelLoadError(f"file URI {uri} names host {parts.netloc!r}; only local files can be read")
         return Path(unquote(parts.path))
-    if parts.scheme == "" or (len(parts.scheme) == 1 and uri[1:3] in (":\\", ":/")):
+    if parts.scheme == "":
         return Path(uri)
     raise ModelLoadError(
         f"unsupported model URI scheme {parts.scheme!r} in {uri}: use file://, a path or http(s)://"

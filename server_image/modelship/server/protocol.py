@@ -52,7 +52,7 @@ ORT_DATATYPES: Mapping[str, str] = {
     "tensor(string)": "BYTES",
 }
 
-_DATATYPE_OF_KIND = {np.dtype(v).str if k != "BYTES" else "|O": k for k, v in DTYPES.items()}
+_DATATYPE_OF_DTYPE = {dtype.str: name for name, dtype in DTYPES.items()}
 _MAX_RANK = 32
 _LENGTH_PREFIX = struct.Struct("<I")
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -107,11 +107,8 @@ class InferRequest:
 
 
 def datatype_of(array: np.ndarray) -> str:
-    """The V2 datatype of an array onnxruntime returned."""
-    if array.dtype == object:
-        return "BYTES"
-    key = array.dtype.newbyteorder("<").str if array.dtype.byteorder == ">" else array.dtype.str
-    datatype = _DATATYPE_OF_KIND.get(key) or _DATATYPE_OF_KIND.get(array.dtype.newbyteorder("<").str)
+    """The V2 datatype of an array onnxruntime returned (native byte order, which is little-endian)."""
+    datatype = _DATATYPE_OF_DTYPE.get(array.dtype.str)
     if datatype is None:
         raise ValueError(f"no V2 datatype for numpy dtype {array.dtype}")
     return datatype
@@ -497,7 +494,7 @@ def decode_v1_request(body: bytes, signature: Signature) -> tuple[dict[str, np.n
     for spec in signature.inputs:
         values = columns[spec.name]
         if spec.datatype == "BYTES":
-            shape = _nested_shape(values, spec.name)
+            shape = _nested_shape(values)
             array = decode_json_tensor(values, "BYTES", shape, spec.name)
         else:
             try:
@@ -512,7 +509,8 @@ def decode_v1_request(body: bytes, signature: Signature) -> tuple[dict[str, np.n
     return feeds, _rows(feeds, signature)
 
 
-def _nested_shape(values: list[Any], name: str) -> tuple[int, ...]:
+def _nested_shape(values: list[Any]) -> tuple[int, ...]:
+    """The shape nested lists claim by their first elements; decode_json_tensor checks the rest."""
     shape: list[int] = []
     probe: Any = values
     while isinstance(probe, list):
