@@ -55,7 +55,9 @@ class ServerProcess:
     def start(self, log_dir: Path) -> ServerProcess:
         env = {**os.environ, **self.env, "MODELSHIP_HOST": "127.0.0.1", "MODELSHIP_PORT": str(self.port)}
         env.setdefault("MODELSHIP_THREADS", "2")
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "server_image"), env.get("PYTHONPATH", "")])
+        # The source tree, whatever copy of the package the venv holds.
+        paths = (str(ROOT / "server_image"), env.get("PYTHONPATH"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self.log_path = log_dir / f"server-{self.port}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
