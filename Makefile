@@ -64,3 +64,12 @@ fmt: install ## format the Python code
 .PHONY: clean
 clean: ## remove .venv and caches (not the binary cache in ~/.cache/modelship)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+.PHONY: chart-crds
+chart-crds: ## copy crds/ into the Helm chart (tests/helm/test_crds_in_sync.py fails when they differ)
+	rm -f helm/modelship/crds/*.yaml
+	cp crds/*.yaml helm/modelship/crds/
+
+.PHONY: helm-lint
+helm-lint: ## helm lint --strict the chart with the pinned helm
+	$$($(CLUSTER) bin-dir)/helm lint --strict helm/modelship

@@ -1,0 +1,70 @@
+{{- define "modelship.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "modelship.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelship.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelship.name" . }}-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "modelship.labels" -}}
+{{ include "modelship.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "modelship.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "modelship.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The operator's rights, the same in a ClusterRole or in each namespace's Role. Each rule is
+what the operator's code calls (operator/modelship/operator/client.py and Kopf's watches);
+tests/helm/test_rbac_cluster.py runs the operator with nothing more.
+*/}}
+{{- define "modelship.namespacedRules" -}}
+# Kopf watches ModelDeployments; the operator writes only their status (never spec).
+- apiGroups: [modelship.io]
+  resources: [modeldeployments]
+  verbs: [list, watch]
+- apiGroups: [modelship.io]
+  resources: [modeldeployments/status]
+  verbs: [patch]
+# Children carry ownerReferences with blockOwnerDeletion, which the
+# OwnerReferencesPermissionEnforcement admission plugin allows only with this right.
+- apiGroups: [modelship.io]
+  resources: [modeldeployments/finalizers]
+  verbs: [update]
+# Children: server-side apply (patch, and create when the object is new); old revisions'
+# Deployments and a dropped HPA are deleted. Services are only ever removed by the garbage collector.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list, watch, create, patch]
+# Pods are only observed (readiness, load failures).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+# Kopf posts the operator's decisions as Events.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
