@@ -1,7 +1,7 @@
 """HTTP routes: the Open Inference Protocol (V2) REST endpoints, V1 `:predict`, health and metrics.
 
 Handlers take the raw request and parse the body themselves (protocol.py): a pydantic model per request
-would cost more than the rest of the hot path together.
+would cost more than the rest of the hot path together. Every error is `{"error": "..."}`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ def _error(status: int, message: str) -> Response:
     return Response(protocol.error_body(message), status_code=status, media_type=_JSON, headers=headers)
 
 
+def _bug(request: Request, exc: Exception) -> Response:
+    """A 500: only ever our mistake (the fuzz tests hold every client mistake to a 4xx)."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, f"internal server error: {type(exc).__name__}")
+
+
 class InferenceFastPath:
     """The ASGI app uvicorn runs: inference POSTs go straight to their handler, everything else to FastAPI.
 
@@ -74,8 +80,7 @@ class InferenceFastPath:
         except RequestError as exc:
             return _error(exc.status, exc.message)
         except Exception as exc:
-            log.exception("unhandled error on POST %s", request.url.path)
-            return _error(500, f"internal server error: {type(exc).__name__}")
+            return _bug(request, exc)
         return response
 
 
@@ -267,7 +272,6 @@ def create_app(state: ServerState) -> InferenceFastPath:
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, f"internal server error: {type(exc).__name__}")
+        return _bug(request, exc)
 
     return InferenceFastPath(app, inference_routes)
