@@ -1,0 +1,226 @@
+"""The operator as the chart deploys it, but as a local process: only the chart's ServiceAccount,
+Role(s) and RoleBinding(s) are applied, and the operator logs in with a token of that account.
+
+Each instance watches only the namespaces it is given and meets in a peering of its own, so
+it never touches (nor pauses) another operator on the same shared cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import ROOT
+from tests.helm.chart import render
+from tests.support import wait_until
+
+KOPF = ROOT / ".venv" / "bin" / "kopf"
+CRDS = ROOT / "crds"
+KOPF_CLUSTER_SCANS = re.compile(
+    r"GET \S+/(api/v1/namespaces|apis/apiextensions\.k8s\.io/v1/customresourcedefinitions)"
+    r" -> APIForbiddenError"
+)
+RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ScopedOperator:
+    kubectl_path: Path
+    admin_kubeconfig: str
+    token_kubeconfig: Path
+    release_namespace: str
+    watched: list[str]
+    rbac: list[dict[str, Any]]
+    log_path: Path
+    process: subprocess.Popen[str] | None = None
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def kubectl(
+        self, *args: str, as_operator: bool = False, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        config = str(self.token_kubeconfig) if as_operator else self.admin_kubeconfig
+        result = subprocess.run(
+            [str(self.kubectl_path), "--kubeconfig", config, *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.lines)
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], *, what: str, timeout: float = 60
+    ) -> None:
+        def find() -> dict[str, Any] | None:
+            assert self.process is not None and self.process.poll() is None, (
+                f"the operator exited; its log is {self.log_path}"
+            )
+            return next((line for line in self.snapshot() if predicate(line)), None)
+
+        wait_until(find, timeout=timeout, what=f"{what} (log: {self.log_path})")
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        with self.log_path.open("a") as log:
+            for raw in process.stdout:
+                log.write(raw)
+                log.flush()
+                try:
+                    line = json.loads(raw)
+                except ValueError:
+                    line = {"message": raw.rstrip("\n"), "severity": "raw"}
+                with self._lock:
+                    self.lines.append(line)
+
+    def start(self, peering: str, extra_args: tuple[str, ...] = ()) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.token_kubeconfig),
+            "MODELSHIP_PEERING_LIFETIME": "10",
+        }
+        port = _free_port()
+        command = [
+            str(KOPF),
+            "run",
+            "-m",
+            "modelship.operator",
+            *(f"--namespace={ns}" for ns in self.watched),
+            f"--peering={peering}",
+            "--log-format=json",
+            f"--liveness=http://127.0.0.1:{port}/healthz",
+            *extra_args,
+        ]
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+        )
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        self.wait_for(lambda line: "Activity 'startup' succeeded" in line["message"], what="startup")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def errors(self) -> list[dict[str, Any]]:
+        """Log lines at ERROR or above, or that mention a refused request, except Kopf's own
+        cluster-wide scans of namespaces and CRDs: with Roles only they are refused, and Kopf
+        retries them a while (logged as errors), then falls back to the namespaces it was given."""
+        return [
+            line
+            for line in self.snapshot()
+            if (
+                str(line.get("severity", "")).lower() in {"error", "critical"}
+                or "403" in line.get("message", "")
+            )
+            and not KOPF_CLUSTER_SCANS.search(line.get("message", ""))
+        ]
+
+
+def _token_kubeconfig(admin_kubeconfig: str, token: str, path: Path) -> None:
+    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
+    cluster = dict(cluster)
+    if "certificate-authority" in cluster:  # inline it, so the file stands alone
+        data = Path(cluster.pop("certificate-authority")).read_bytes()
+        cluster["certificate-authority-data"] = base64.b64encode(data).decode()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "modelship-operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "c", "user": "modelship-operator"}}],
+        "current-context": "operator",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+
+@contextmanager
+def scoped_operator(
+    kube_bin_dir: Path,
+    admin_kubeconfig: str,
+    workdir: Path,
+    *,
+    watched: int = 1,
+    cluster_role: bool = False,
+) -> Iterator[ScopedOperator]:
+    """Namespaces of its own, the chart's RBAC for them, a token, and a ready `ScopedOperator`
+    (not started: call `start`). With `cluster_role` the chart is rendered for the whole
+    cluster (ClusterRole), though the process still watches only its own namespaces."""
+    suffix = uuid.uuid4().hex[:6]
+    release_ns = f"ms-op-{suffix}"
+    watched_ns = [f"ms-w{i}-{suffix}" for i in range(watched)]
+    release = f"rbac-{suffix}"  # unique: ClusterRole names are cluster-wide
+    values = {} if cluster_role else {"watchNamespaces": "{" + ",".join(watched_ns) + "}"}
+    objects = render(kube_bin_dir, release=release, namespace=release_ns, values=values)
+    rbac = [obj for obj in objects if obj["kind"] in RBAC_KINDS]
+    account = next(obj for obj in rbac if obj["kind"] == "ServiceAccount")["metadata"]["name"]
+    op = ScopedOperator(
+        kubectl_path=kube_bin_dir / "kubectl",
+        admin_kubeconfig=admin_kubeconfig,
+        token_kubeconfig=workdir / f"operator-{suffix}.kubeconfig",
+        release_namespace=release_ns,
+        watched=watched_ns,
+        rbac=rbac,
+        log_path=workdir / f"operator-{suffix}.log",
+    )
+    op.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
+    for name in ("modeldeployments.modelship.io", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
+        op.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    for ns in [release_ns, *watched_ns]:
+        op.kubectl("create", "namespace", ns)
+    try:
+        op.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
+        token = op.kubectl("create", "token", account, "-n", release_ns, "--duration=2h").stdout.strip()
+        _token_kubeconfig(admin_kubeconfig, token, op.token_kubeconfig)
+        yield op
+    finally:
+        op.stop()
+        for obj in rbac:
+            if obj["kind"].startswith("Cluster"):
+                op.kubectl("delete", obj["kind"], obj["metadata"]["name"], "--wait=false", check=False)
+        for ns in [release_ns, *watched_ns]:
+            op.kubectl("delete", "modeldeployments", "--all", "-n", ns, "--wait=false", check=False)
+            _force_delete_pods(op, ns)
+            op.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def _force_delete_pods(op: ScopedOperator, namespace: str) -> None:
+    # Pods KWOK was told to leave alone have no kubelet to confirm their deletion; without a
+    # forced delete they would keep the namespace Terminating.
+    op.kubectl(
+        "delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force", "--wait=false", check=False
+    )
