@@ -153,8 +153,8 @@ def test_trimming_keeps_what_reconciling_reads() -> None:
     assert trimmed["metadata"]["labels"][naming.LABEL_REVISION]
 
 
-def test_the_cache_keeps_a_compact_spec_that_expands_back() -> None:
-    body = live(target_deployment())
-    compacted = observed.compact(body)
-    assert isinstance(compacted["spec"], str)
-    assert observed.expand(compacted) == observed.trim_object(body)
+def test_the_cache_keeps_objects_packed_and_unpacks_them_unchanged() -> None:
+    trimmed = observed.trim_object(live(target_deployment()))
+    packed = observed.pack(trimmed)
+    assert isinstance(packed, str)
+    assert observed.unpack(packed) == trimmed

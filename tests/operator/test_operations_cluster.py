@@ -116,4 +116,5 @@ def test_the_liveness_endpoint_answers_with_the_reconcile_counters(operator: Ope
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.port}/healthz", timeout=10) as response:
         assert response.status == 200
         body = json.load(response)
-    assert set(body["reconciles"]) == {"reconciles", "errors", "pending", "writes"}
+    assert set(body["reconciles"]) == {"reconciles", "errors", "pending", "writes", "cached", "synced"}
+    assert body["reconciles"]["synced"] is True

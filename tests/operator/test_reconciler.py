@@ -80,6 +80,9 @@ class MemoryApi:
         reconciler.observe(KEY, "ModelDeployment", "iris", self.md["metadata"]["resourceVersion"])
 
     # the Cache protocol
+    async def wait_synced(self) -> None:
+        return None
+
     def model_deployment(self, key: tuple[str, str]) -> Mapping[str, Any] | None:
         return self.cached_md
 

@@ -16,7 +16,7 @@ import inspect
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,14 +189,34 @@ class KubeClient:
         status, body = await self._request("GET", kind.path(namespace, name))
         return None if status == 404 else body
 
-    async def list(
+    async def list_objects(
         self, kind: ResourceKind, namespace: str | None = None, *, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        status, body = await self._request("GET", kind.path(namespace), params=params)
-        if status == 404:
-            return []
-        return list(body.get("items") or [])
+        return [
+            item async for page in self.pages(kind, namespace, label_selector=label_selector) for item in page
+        ]
+
+    async def pages(
+        self,
+        kind: ResourceKind,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        limit: int = 250,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """A LIST in pages of `limit` objects, so that thousands never sit in memory at once."""
+        params = {"limit": str(limit)}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        while True:
+            status, body = await self._request("GET", kind.path(namespace), params=params)
+            if status == 404:
+                return
+            yield list(body.get("items") or [])
+            token = (body.get("metadata") or {}).get("continue")
+            if not token:
+                return
+            params["continue"] = token
 
     async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
         """Server-side apply under our field manager: a no-op when nothing changes."""

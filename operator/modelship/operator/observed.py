@@ -61,24 +61,6 @@ def trim_object(body: Body) -> dict[str, Any]:
     return kept
 
 
-def compact(body: Body) -> dict[str, Any]:
-    """A child as the cache keeps it: trimmed, its spec as a JSON string.
-
-    A Deployment's spec (the whole pod template) parsed into Python dicts takes ~25 KB; as
-    compact JSON ~4 KB. Only a reconcile of its owner reads it, so it is parsed then.
-    """
-    kept = trim_object(body)
-    if "spec" in kept:
-        kept["spec"] = json.dumps(kept["spec"], separators=(",", ":"))
-    return kept
-
-
-def expand(body: Body) -> dict[str, Any]:
-    """The inverse of `compact`."""
-    spec = body.get("spec")
-    return {**body, "spec": json.loads(spec)} if isinstance(spec, str) else dict(body)
-
-
 def trim_pod(body: Body) -> dict[str, Any]:
     status = body.get("status") or {}
 
@@ -100,6 +82,21 @@ def trim_pod(body: Body) -> dict[str, Any]:
             "containerStatuses": containers("containerStatuses"),
         },
     }
+
+
+def pack(trimmed: Mapping[str, Any]) -> str:
+    """An object as the cache keeps it: one compact JSON string.
+
+    Thousands of watched objects kept as parsed dicts cost several times the memory of their
+    JSON, and many small long-lived objects fragment Python's allocator, so that memory from
+    a burst (a restart lists everything at once) is never returned to the system. Only a
+    reconcile of the owner reads them, so they are parsed then.
+    """
+    return json.dumps(trimmed, separators=(",", ":"))
+
+
+def unpack(packed: str | Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(packed) if isinstance(packed, str) else dict(packed)
 
 
 def _condition(body: Body, kind: str) -> Mapping[str, Any] | None:

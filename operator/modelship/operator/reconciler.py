@@ -34,6 +34,8 @@ PERMANENT_ERROR_RETRY = 300.0
 
 
 class Cache(Protocol):
+    async def wait_synced(self) -> None: ...
+
     def model_deployment(self, key: Key) -> Body | None: ...
 
     def children(self, key: Key) -> Children: ...
@@ -96,6 +98,7 @@ class Reconciler:
         self._expectations.observe((key, kind, name), resource_version)
 
     async def reconcile(self, key: Key) -> float | None:
+        await self._cache.wait_synced()  # never decide on a partial view: it would re-create children
         body = self._cache.model_deployment(key)
         if body is None:
             self._expectations.forget(key)

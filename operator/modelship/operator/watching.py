@@ -1,0 +1,89 @@
+"""Which namespaces the operator serves, and the startup LIST that fills its cache.
+
+`kopf run` takes `--all-namespaces` or `--namespace` patterns (globs, `!` to exclude,
+comma-separated); the startup LIST must cover exactly what Kopf will watch, or objects it
+will never hear about would hold the cache's sync back.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from modelship.operator import client as kube
+from modelship.operator.cache import ObjectCache
+
+logger = logging.getLogger(__name__)
+
+CHILDREN = (
+    ("Deployment", kube.DEPLOYMENTS),
+    ("Service", kube.SERVICES),
+    ("HorizontalPodAutoscaler", kube.AUTOSCALERS),
+    ("Pod", kube.PODS),
+)
+
+
+def namespace_matches(name: str, pattern: str) -> bool:
+    """Kopf's pattern rules: comma-separated globs, left to right; `!glob` excludes; a leading
+    exclusion implies a catch-all before it; later inclusions only bring back what the first
+    inclusion matched and an exclusion removed."""
+    globs = [glob.strip() for glob in pattern.split(",") if glob.strip()]
+    if not globs:
+        return False
+    if globs[0].startswith("!"):
+        initially = True
+    else:
+        initially = fnmatch.fnmatchcase(name, globs[0])
+        globs = globs[1:]
+    served = initially
+    for glob in globs:
+        if glob.startswith("!"):
+            if fnmatch.fnmatchcase(name, glob[1:]):
+                served = False
+        elif initially and fnmatch.fnmatchcase(name, glob):
+            served = True
+    return served
+
+
+def is_literal(pattern: str) -> bool:
+    return not any(c in pattern for c in "*?![],")
+
+
+@dataclass(frozen=True)
+class Served:
+    """None for the whole cluster; else literal namespaces, or patterns to filter a cluster-wide LIST."""
+
+    namespaces: tuple[str, ...] | None
+    patterns: tuple[str, ...] = ()
+
+    @classmethod
+    def from_options(cls, clusterwide: bool, patterns: Sequence[str]) -> Served:
+        if clusterwide or not patterns:
+            return cls(None)
+        if all(is_literal(p) for p in patterns):
+            return cls(tuple(patterns))
+        return cls(None, tuple(patterns))
+
+    def includes(self, namespace: str) -> bool:
+        if self.patterns:
+            return any(namespace_matches(namespace, pattern) for pattern in self.patterns)
+        return self.namespaces is None or namespace in self.namespaces
+
+
+async def prefill(client: kube.KubeClient, cache: ObjectCache, served: Served, label_selector: str) -> int:
+    """LIST every child kind the operator watches into the cache; returns how many objects."""
+    total = 0
+    for kind, resource in CHILDREN:
+        for namespace in served.namespaces or (None,):
+            async for page in client.pages(resource, namespace, label_selector=label_selector):
+                items = [
+                    item
+                    for item in page
+                    if served.includes((item.get("metadata") or {}).get("namespace", ""))
+                ]
+                for item in items:
+                    item.setdefault("kind", kind)
+                total += cache.prefill(kind, items)
+    return total
