@@ -33,7 +33,7 @@ def wait_until(
             last_value = check()
             if last_value:
                 return last_value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline, then reported
+        except Exception as exc:  # retried until the deadline, then reported
             last_error = exc
         if time.monotonic() >= deadline:
             detail = f"; last error: {last_error!r}" if last_error else f"; last value: {last_value!r}"
