@@ -81,16 +81,30 @@ def test_watching_the_whole_cluster_binds_a_cluster_role(kube_bin_dir: Path) -> 
     assert {"clusterkopfpeerings", "customresourcedefinitions"} <= resources
 
 
-def test_a_list_of_namespaces_gets_roles_only(kube_bin_dir: Path) -> None:
+def test_a_list_of_namespaces_gets_roles_and_only_a_read_only_scan_cluster_wide(kube_bin_dir: Path) -> None:
     objects = render(kube_bin_dir, values={"watchNamespaces": "{team-a,team-b}"})
-    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
     roles = of_kind(objects, "Role")
     bindings = of_kind(objects, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    scan = one(objects, "ClusterRole")
+    assert scan["metadata"]["name"].endswith("-scan")
+    assert {(r, v) for rule in scan["rules"] for r in rule["resources"] for v in rule["verbs"]} == {
+        ("namespaces", "list"),
+        ("namespaces", "watch"),
+        ("customresourcedefinitions", "list"),
+        ("customresourcedefinitions", "watch"),
+    }
+    assert one(objects, "ClusterRoleBinding")["roleRef"]["name"] == scan["metadata"]["name"]
     args = _container(objects)["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
     assert "--all-namespaces" not in args
+
+
+def test_without_the_namespace_scan_a_list_of_namespaces_gets_roles_only(kube_bin_dir: Path) -> None:
+    objects = render(kube_bin_dir, values={"watchNamespaces": "{team-a}", "rbac.namespaceScan": "false"})
+    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
+    assert len(of_kind(objects, "Role")) == 1
 
 
 def test_no_rule_grants_wildcards_secrets_or_spec_writes_on_model_deployments(kube_bin_dir: Path) -> None:

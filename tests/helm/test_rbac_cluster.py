@@ -34,9 +34,17 @@ def namespaced(
         yield op
 
 
-def test_the_chart_grants_namespaces_roles_only(namespaced: ScopedOperator) -> None:
+def test_the_chart_grants_namespaces_roles_and_a_read_only_scan(namespaced: ScopedOperator) -> None:
     kinds = sorted(obj["kind"] for obj in namespaced.rbac)
-    assert kinds == ["Role", "Role", "RoleBinding", "RoleBinding", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "Role",
+        "RoleBinding",
+        "RoleBinding",
+        "ServiceAccount",
+    ]
 
 
 def test_with_the_charts_token_a_model_is_reconciled_rolled_out_and_reported_ready(
@@ -88,7 +96,9 @@ def test_an_autoscaled_model_gets_its_hpa_and_loses_it_when_autoscaling_is_remov
 
 def _can_i(op: ScopedOperator, *args: str) -> str:
     result = op.kubectl("auth", "can-i", *args, as_operator=True, check=False)
-    return result.stdout.strip()
+    answer = result.stdout.strip()
+    assert answer in {"yes", "no"}, f"can-i {args}: {result.stderr}"
+    return answer
 
 
 @pytest.mark.parametrize(
@@ -103,7 +113,9 @@ def _can_i(op: ScopedOperator, *args: str) -> str:
         ("create", "deployments.apps", "-n", "{release}"),
         ("list", "pods", "-n", "default"),
         ("create", "clusterrolebindings"),
-        ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("get", "namespaces/{watched}"),
+        ("delete", "namespaces/{watched}"),
+        ("get", "customresourcedefinitions.apiextensions.k8s.io/modeldeployments.modelship.io"),
     ],
     ids=lambda r: " ".join(r),
 )
@@ -153,22 +165,19 @@ def clusterwide(
     kube_bin_dir: Path, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ScopedOperator]:
     """The chart's `watchNamespaces: []` RBAC (a ClusterRole). The process still watches only its
-    own namespace, standalone: on a shared cluster an --all-namespaces operator would act on
-    other people's ModelDeployments."""
+    own namespace: on a shared cluster an --all-namespaces operator would act on other people's
+    ModelDeployments."""
     workdir = tmp_path_factory.mktemp("rbac-cluster")
     with scoped_operator(kube_bin_dir, kubeconfig, workdir, watched=1, cluster_role=True) as op:
-        op.start(peering="unused", extra_args=("--standalone",))
+        op.start(peering=f"modelship-{op.release_namespace}")
         yield op
 
 
 def test_with_the_cluster_role_a_model_is_reconciled_and_reported_ready(
     clusterwide: ScopedOperator, k8s_api: client.ApiClient
 ) -> None:
-    assert sorted(obj["kind"] for obj in clusterwide.rbac) == [
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "ServiceAccount",
-    ]
+    chart = [obj["kind"] for obj in clusterwide.rbac if not obj["metadata"]["name"].endswith("-test-scan")]
+    assert sorted(chart) == ["ClusterRole", "ClusterRoleBinding", "ServiceAccount"]
     ns = clusterwide.watched[0]
     clusterwide.kubectl("apply", "--server-side", "-n", ns, "-f", str(MINIMAL))
     assert Models(k8s_api, ns).wait_ready("iris", timeout=60)["status"]["phase"] == "Healthy"
@@ -200,3 +209,19 @@ def test_the_cluster_role_lets_the_operator_create_and_update_its_cluster_peerin
         assert _can_i(clusterwide, "delete", "nodes") == "no"
     finally:
         clusterwide.kubectl("delete", "clusterkopfpeering", name, check=False)
+
+
+def test_with_roles_only_the_operator_still_reconciles(
+    kube_bin_dir: Path, kubeconfig: str, tmp_path: Path, k8s_api: client.ApiClient
+) -> None:
+    """`rbac.namespaceScan: false`: no cluster-wide right at all. Kopf's scans are refused (and
+    it waits for them, which is why the chart grants them by default), yet reconciles work."""
+    with scoped_operator(kube_bin_dir, kubeconfig, tmp_path, watched=1, namespace_scan=False) as op:
+        assert not [obj for obj in op.rbac if obj["kind"].startswith("Cluster")]
+        op.start(peering=f"modelship-{op.release_namespace}")
+        ns = op.watched[0]
+        op.kubectl("apply", "--server-side", "-n", ns, "-f", str(MINIMAL))
+        assert Models(k8s_api, ns).wait_ready("iris", timeout=120)["status"]["phase"] == "Healthy"
+        assert op.refused_scans(), "Kopf's namespace scan was not refused: the test proves nothing"
+        others = [line for line in op.errors() if line not in op.refused_scans()]
+        assert not others, others
