@@ -8,6 +8,7 @@ touches a cluster by accident.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -49,15 +50,30 @@ def k8s_api(kubeconfig: str):  # type: ignore[no-untyped-def]
     api_client.close()
 
 
+# The API server's PodNodeSelector and PodTolerationRestriction admission plugins read these
+# annotations: every pod of such a namespace lands on a KWOK node, even when the cluster has a
+# real node, so tests that reconcile objects never wait on models that cannot be downloaded.
+KWOK_ONLY = {
+    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
+    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
+        [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]
+    ),
+}
+
+
+def _namespace_name(request: pytest.FixtureRequest) -> str:
+    base = request.node.name.lower().replace("_", "-")
+    base = "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-")
+    return f"{base}-{uuid.uuid4().hex[:6]}"
+
+
 @pytest.fixture
 def namespace(k8s_api, request: pytest.FixtureRequest) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """A fresh namespace for one test, deleted (in the background) afterwards."""
+    """A fresh namespace whose pods run on KWOK nodes, deleted (in the background) afterwards."""
     from kubernetes import client
 
     core = client.CoreV1Api(k8s_api)
-    base = request.node.name.lower().replace("_", "-")
-    base = "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-")
-    name = f"{base}-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    name = _namespace_name(request)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, annotations=KWOK_ONLY)))
     yield name
     core.delete_namespace(name, propagation_policy="Background")
