@@ -164,9 +164,13 @@ def operator_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("operator-logs")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def operator(kubeconfig: str, crds: None, operator_logs: Path) -> Iterator[OperatorProcess]:
-    """The operator under test, watching every namespace, with the highest test priority."""
+    """The operator under test, watching every namespace, with the highest test priority.
+
+    Package-scoped: it stops when the operator's tests are done, so that it does not act in
+    the namespaces of other packages' tests, which run operators of their own.
+    """
     process = OperatorProcess(kubeconfig, operator_logs, name="main", priority=100, extra_env={})
     process.start()
     yield process

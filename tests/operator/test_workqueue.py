@@ -119,3 +119,27 @@ async def test_an_immediate_request_replaces_a_pending_delayed_one() -> None:
     assert calls == ["a"]
     assert queue.pending == 0
     await queue.close()
+
+
+async def test_urgent_requests_get_the_next_free_slot_first() -> None:
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def reconcile(key: str) -> None:
+        order.append(key)
+        if key == "busy":
+            await release.wait()
+
+    queue: WorkQueue[str] = WorkQueue(reconcile, concurrency=1)
+    queue.request("busy")
+    await asyncio.sleep(0)
+    queue.request("routine-1")
+    queue.request("routine-2")
+    queue.request("new-spec", urgent=True)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert queue.waiting == 3
+    release.set()
+    await asyncio.wait_for(queue.wait_idle(), 5)
+    assert order == ["busy", "new-spec", "routine-1", "routine-2"]
+    await queue.close()

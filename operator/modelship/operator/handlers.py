@@ -182,7 +182,13 @@ def _changed(memo: Any, kind: str, event: Mapping[str, Any], body: kopf.Body) ->
         return
     version = None if event_type == "DELETED" else body.metadata.get("resourceVersion")
     runtime.reconciler.observe(key, kind, body.metadata.name or "", version)
-    runtime.queue.request(key)
+    # A spec not acted on yet goes before routine refreshes (a pod became ready).
+    urgent = (
+        kind == MODEL_DEPLOYMENT
+        and event_type != "DELETED"
+        and body.metadata.get("generation") != body.status.get("observedGeneration")
+    )
+    runtime.queue.request(key, urgent=urgent)
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)

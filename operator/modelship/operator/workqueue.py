@@ -4,7 +4,9 @@ arrive meanwhile coalesce into one more run, failures retry with capped exponent
 Kopf calls our event handlers once per watch event, for the ModelDeployment and for each of
 its children and pods; a rollout produces dozens of pod events. The queue turns them into as
 few reconciles as the changes need, and serialises them per key so that two reconciles of the
-same object never race (the same idea as controller-runtime's workqueue).
+same object never race (the same idea as controller-runtime's workqueue). Urgent requests
+(a spec the operator has not acted on yet) get the next free slot before routine ones (a
+pod became ready), so that a burst of new ModelDeployments gets its children first.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ class WorkQueue(Generic[K]):
         max_delay: float = 300.0,
     ) -> None:
         self._reconcile = reconcile
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self._slots = concurrency
+        self._waiting: dict[K, asyncio.Future[None]] = {}  # in arrival order
+        self._urgent: set[K] = set()
         self._base_delay = base_delay
         self._max_delay = max_delay
         self._running: set[K] = set()
@@ -47,10 +51,12 @@ class WorkQueue(Generic[K]):
         self.reconciles = 0
         self.errors = 0
 
-    def request(self, key: K, delay: float = 0.0) -> None:
+    def request(self, key: K, delay: float = 0.0, *, urgent: bool = False) -> None:
         """Ask for a reconcile of `key`, now or after `delay` seconds (an earlier ask wins)."""
         if self._closed:
             return
+        if urgent:
+            self._urgent.add(key)
         loop = asyncio.get_running_loop()
         if delay > 0:
             timer = self._timers.get(key)
@@ -80,12 +86,39 @@ class WorkQueue(Generic[K]):
         delay = min(self._max_delay, self._base_delay * 2 ** max(0, failures - 1))
         return delay * (0.8 + 0.4 * random.random())
 
+    async def _acquire(self, key: K) -> None:
+        if self._slots > 0 and not self._waiting:
+            self._slots -= 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = turn
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if self._waiting.get(key) is turn:
+                del self._waiting[key]
+            elif turn.done() and not turn.cancelled():
+                self._release()  # the slot was handed to us just as we were cancelled
+            raise
+
+    def _release(self) -> None:
+        if not self._waiting:
+            self._slots += 1
+            return
+        key = next((k for k in self._waiting if k in self._urgent), None)
+        if key is None:
+            key = next(iter(self._waiting))
+        self._waiting.pop(key).set_result(None)
+
     async def _run(self, key: K) -> None:
         try:
             while True:
-                self._dirty.discard(key)
                 again: float | None
-                async with self._semaphore:
+                await self._acquire(key)
+                try:
+                    # Requests made while waiting for the slot are served by this run.
+                    self._dirty.discard(key)
+                    self._urgent.discard(key)
                     self.reconciles += 1
                     try:
                         again = await self._reconcile(key)
@@ -103,6 +136,8 @@ class WorkQueue(Generic[K]):
                         self._dirty.discard(key)
                     else:
                         self._failures.pop(key, None)
+                finally:
+                    self._release()
                 if key in self._dirty:
                     continue
                 if again is not None:
@@ -116,6 +151,10 @@ class WorkQueue(Generic[K]):
     @property
     def pending(self) -> int:
         return len(self._running) + len(self._timers)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
     async def wait_idle(self) -> None:
         """Until no reconcile runs (timers may still be pending)."""
