@@ -75,3 +75,9 @@ def test_replicas_has_no_default_so_that_autoscaling_can_exclude_it() -> None:
     props = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     assert "default" not in props["replicas"]
     assert "Absent means 1" in props["replicas"]["description"]
+
+
+def test_the_name_limit_leaves_room_for_the_revision_in_child_names() -> None:
+    rule = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"][0]["rule"]
+    assert f"size(self.metadata.name) <= {naming.MAX_NAME_LENGTH}" in rule
+    assert len(naming.deployment_name("a" * naming.MAX_NAME_LENGTH, "r" * naming.REVISION_LENGTH)) == 63

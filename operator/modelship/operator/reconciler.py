@@ -118,13 +118,17 @@ class Reconciler:
         decision = decide(md, children, server_image=self._config.server_image)
         errors: list[str] = []
         # The children are independent of each other: write them at once, not one after another.
-        await asyncio.gather(
+        results = await asyncio.gather(
             *(self._apply(md, action, children, errors, outcome) for action in decision.apply),
             *(
                 self._delete(md, deletion, decision, children, errors, outcome)
                 for deletion in decision.delete
             ),
+            return_exceptions=True,
         )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # transient: the queue retries the whole reconcile after a backoff
         await self._write_status(md, decision, children, errors, outcome, started_at)
         self._log(key, outcome, "")
         return PERMANENT_ERROR_RETRY if errors else None
@@ -225,7 +229,7 @@ class Reconciler:
         previous = old.get("conditions") or []
 
         def condition(kind: str, value: bool, reason: str, text: str) -> dict[str, Any]:
-            return status_._condition(
+            return status_.make_condition(
                 kind, value, reason, text, generation=generation, previous=previous, now=self._clock()
             )
 

@@ -115,7 +115,7 @@ def compute_status(
 
     previous = md.status.get("conditions") or []
     conditions = [
-        _condition(kind, *values, generation=md.generation, previous=previous, now=now)
+        make_condition(kind, *values, generation=md.generation, previous=previous, now=now)
         for kind, values in ((READY, ready), (PROGRESSING, progressing), (DEGRADED, degraded))
     ]
     phase = PHASE_DEGRADED if degraded[0] else PHASE_HEALTHY if ready[0] else PHASE_PROGRESSING
@@ -179,7 +179,7 @@ def _revisions(
     return entries
 
 
-def _condition(
+def make_condition(
     kind: str,
     status: bool,
     reason: str,
