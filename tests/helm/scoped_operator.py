@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import KWOK_ONLY, ROOT
 from tests.helm.chart import render
 from tests.support import wait_until
 
@@ -221,6 +221,8 @@ def scoped_operator(
         op.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     for ns in [release_ns, *watched_ns]:
         op.kubectl("create", "namespace", ns)
+        # As the `namespace` fixture does: pods land on KWOK nodes even when a real node is up.
+        op.kubectl("annotate", "namespace", ns, *(f"{key}={value}" for key, value in KWOK_ONLY.items()))
     try:
         op.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
         token = op.kubectl("create", "token", account, "-n", release_ns, "--duration=2h").stdout.strip()
