@@ -61,3 +61,12 @@ def test_forgetting_a_model_deployment_drops_its_expectations() -> None:
     expectations.expect((("ml", "other"), "Deployment", "other-a"), "1")
     expectations.forget(("ml", "iris"))
     assert len(expectations) == 1
+
+
+def test_a_deletion_settles_an_expected_version() -> None:
+    # Our write's own event may be handled before the expectation is recorded; if the object
+    # is then deleted, nothing would ever show that version.
+    expectations = Expectations(clock=Clock())
+    expectations.expect("ref", "12")
+    expectations.observe("ref", None)
+    assert not expectations.pending("ref", None)

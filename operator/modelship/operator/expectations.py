@@ -48,9 +48,13 @@ class Expectations:
         self._items[ref] = _Expected(resource_version, self._clock() + self._ttl)
 
     def observe(self, ref: Hashable, resource_version: str | None) -> None:
-        """The watch delivered this version of `ref` (None: its deletion)."""
+        """The watch delivered this version of `ref` (None: its deletion).
+
+        A deletion settles any expectation: whatever we wrote is gone, and the event of our own
+        write may have been handled before we recorded what to expect from it.
+        """
         expected = self._items.get(ref)
-        if expected is not None and self._met(expected, resource_version):
+        if expected is not None and (resource_version is None or self._met(expected, resource_version)):
             del self._items[ref]
 
     @staticmethod
