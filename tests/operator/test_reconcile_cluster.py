@@ -68,6 +68,9 @@ def test_a_model_deployment_gets_its_children_and_becomes_ready(
     assert service.spec.selector == naming.selector_labels("iris")
     assert len([p for p in models.pods("iris") if p.status.phase == "Running"]) == 2
 
+    # The operator writes the status subresource and nothing else of the user's object.
+    ours = [e for e in body["metadata"]["managedFields"] if e["manager"] == naming.FIELD_MANAGER]
+    assert ours and {e.get("subresource") for e in ours} == {"status"}
     # Nothing of Kopf's on the user's object: no finalizer, no annotations (GitOps sees no drift).
     assert not body["metadata"].get("finalizers")
     assert not any(key.startswith("kopf.") for key in body["metadata"].get("annotations") or {})
