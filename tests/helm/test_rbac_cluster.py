@@ -122,12 +122,8 @@ def _can_i(op: ScopedOperator, *args: str) -> str:
 def test_what_the_chart_does_not_grant_is_refused(
     namespaced: ScopedOperator, request_: tuple[str, ...]
 ) -> None:
-    args = [a.format(watched=namespaced.watched[0], release=namespace_of(namespaced)) for a in request_]
+    args = [a.format(watched=namespaced.watched[0], release=namespaced.release_namespace) for a in request_]
     assert _can_i(namespaced, *args) == "no"
-
-
-def namespace_of(op: ScopedOperator) -> str:
-    return op.release_namespace
 
 
 def test_what_the_chart_grants_is_allowed(namespaced: ScopedOperator) -> None:
