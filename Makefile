@@ -31,7 +31,8 @@ cluster-up: cluster-build ## start the local cluster (idempotent) and write .clu
 	$(CLUSTER) up
 
 .PHONY: cluster-down
-cluster-down: ## stop the local cluster and remove its state
+cluster-down: ## stop the local cluster (and the demo's operator) and remove its state
+	-hack/demo stop 2>/dev/null
 	$(CLUSTER) down
 
 .PHONY: cluster-status
@@ -39,8 +40,12 @@ cluster-status: ## say what of the local cluster runs
 	$(CLUSTER) status
 
 .PHONY: demo
-demo: install cluster-up ## the main job: bring the local cluster up and show it
-	$$($(CLUSTER) bin-dir)/kubectl get nodes -o wide
+demo: install cluster-up ## the main job: cluster up, operator running, examples/minimal.yaml Ready
+	hack/demo
+
+.PHONY: demo-stop
+demo-stop: ## stop the demo's operator and delete its namespace
+	hack/demo stop
 
 .PHONY: test
 test: install cluster-up ## run every test (starts the local cluster when needed)
