@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
@@ -17,7 +16,7 @@ from modelship.operator import naming
 
 from tests.argocd.lua_health import argo_health
 from tests.helm.scoped_operator import ScopedOperator, scoped_operator
-from tests.operator.models import Models, model_spec
+from tests.operator.models import Models, failed_model_fetch_status, model_spec
 from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -91,7 +90,7 @@ def test_a_version_that_fails_to_load_is_degraded_with_the_operators_message(mod
     pod = wait_until(new_pod, timeout=60, what="a scheduled pod of version 4")
     try:
         models.core.patch_namespaced_pod_status(
-            pod.metadata.name, models.namespace, _failed_init(LOAD_FAILURE)
+            pod.metadata.name, models.namespace, failed_model_fetch_status(LOAD_FAILURE)
         )
         body = models.wait_condition("iris", "Degraded", "True", reason="ModelLoadFailed", timeout=60)
         health = argo_health(body)
@@ -105,40 +104,3 @@ def test_a_version_that_fails_to_load_is_degraded_with_the_operators_message(mod
             models.core.delete_namespaced_pod(
                 leftover.metadata.name, models.namespace, grace_period_seconds=0
             )
-
-
-def _failed_init(message: str) -> dict[str, Any]:
-    """The status a kubelet reports for a pod whose model fetch init container keeps failing."""
-    return {
-        "status": {
-            "phase": "Pending",
-            "conditions": [
-                {"type": "PodScheduled", "status": "True"},
-                {"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized"},
-                {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
-            ],
-            "initContainerStatuses": [
-                {
-                    "name": naming.INIT_CONTAINER,
-                    "image": "modelship/server:0.1.0",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 3,
-                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
-                    "lastState": {
-                        "terminated": {"exitCode": 1, "reason": "Error", "message": message + "\n"}
-                    },
-                }
-            ],
-            "containerStatuses": [
-                {
-                    "name": naming.SERVER_CONTAINER,
-                    "image": "modelship/server:0.1.0",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"waiting": {"reason": "PodInitializing"}},
-                }
-            ],
-        }
-    }

@@ -29,6 +29,43 @@ def manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": naming.API_VERSION, "kind": naming.KIND, "metadata": {"name": name}, "spec": spec}
 
 
+def failed_model_fetch_status(message: str) -> dict[str, Any]:
+    """The status a kubelet reports for a pod whose model fetch init container keeps failing."""
+    return {
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized"},
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+            ],
+            "initContainerStatuses": [
+                {
+                    "name": naming.INIT_CONTAINER,
+                    "image": "modelship/server:0.1.0",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                    "lastState": {
+                        "terminated": {"exitCode": 1, "reason": "Error", "message": message + "\n"}
+                    },
+                }
+            ],
+            "containerStatuses": [
+                {
+                    "name": naming.SERVER_CONTAINER,
+                    "image": "modelship/server:0.1.0",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "PodInitializing"}},
+                }
+            ],
+        }
+    }
+
+
 class Models:
     def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
         self.namespace = namespace

@@ -16,7 +16,7 @@ from kubernetes.client.rest import ApiException
 from modelship.operator import naming
 
 from tests.operator.conftest import OperatorProcess
-from tests.operator.models import Models, model_spec
+from tests.operator.models import Models, failed_model_fetch_status, model_spec
 from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -241,43 +241,8 @@ def _fail_to_load(models: Models, pod: client.V1Pod, old: dict[str, Any]) -> Non
     message = (
         "sha256 mismatch for https://models.example.com/iris/4/model.onnx: expected 9f86d081, got 2c26b46b"
     )
-    waiting = {"waiting": {"reason": "PodInitializing"}}
     models.core.patch_namespaced_pod_status(
-        pod.metadata.name,
-        models.namespace,
-        {
-            "status": {
-                "phase": "Pending",
-                "conditions": [
-                    {"type": "PodScheduled", "status": "True"},
-                    {"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized"},
-                    {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
-                ],
-                "initContainerStatuses": [
-                    {
-                        "name": naming.INIT_CONTAINER,
-                        "image": "modelship/server:0.1.0",
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 3,
-                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
-                        "lastState": {
-                            "terminated": {"exitCode": 1, "reason": "Error", "message": message + "\n"}
-                        },
-                    }
-                ],
-                "containerStatuses": [
-                    {
-                        "name": naming.SERVER_CONTAINER,
-                        "image": "modelship/server:0.1.0",
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": waiting,
-                    }
-                ],
-            }
-        },
+        pod.metadata.name, models.namespace, failed_model_fetch_status(message)
     )
 
     body = models.wait_condition("iris", "Degraded", "True", reason="ModelLoadFailed")
