@@ -1,0 +1,376 @@
+"""`kubectl modelship`: manual control and status of canary rollouts, as a kubectl plugin.
+
+    kubectl modelship promote NAME [--full]   finish the current step (or every step) and go on
+    kubectl modelship abort NAME              traffic back to the stable revision
+    kubectl modelship retry NAME              try the aborted revision again from step 0
+    kubectl modelship status NAME [--watch]   the rollout from status
+    kubectl modelship list [-A]               every ModelDeployment's rollout, one line each
+
+An action is one annotation, `modelship.io/action: <verb>@<nonce>`, set with a merge patch: the
+operator acts on it and removes it, so the plugin needs no more rights than patching the
+object. The decisions (is this action sensible now? what is the patch?) are pure functions
+here, and the text of `status` lives in `rollout_text`; `main` only does the I/O.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modelship.operator import naming
+from modelship.operator.rollout_text import format_rollout
+
+ACTION_ANNOTATION = f"{naming.GROUP}/action"
+PROMOTE, PROMOTE_FULL, ABORT, RETRY = "promote", "promote-full", "abort", "retry"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # argparse exits 2 on usage errors
+
+
+class CliError(Exception):
+    """Something the user should read on stderr; the command exits 1."""
+
+
+# --- the pure decisions -------------------------------------------------------------------
+
+
+def _metadata(md: Mapping[str, Any]) -> Mapping[str, Any]:
+    return md.get("metadata") or {}
+
+
+def _rollout(md: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (md.get("status") or {}).get("rollout") or {}
+
+
+def nonce(now: datetime) -> str:
+    """An RFC 3339 UTC time with milliseconds: unique enough for one person's commands."""
+    return now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def action_patch(verb: str, now: datetime) -> dict[str, Any]:
+    """The merge patch that asks the operator for one action."""
+    return {"metadata": {"annotations": {ACTION_ANNOTATION: f"{verb}@{nonce(now)}"}}}
+
+
+def verb_of(command: str, full: bool = False) -> str:
+    return PROMOTE_FULL if command == PROMOTE and full else command
+
+
+def refusal(verb: str, md: Mapping[str, Any]) -> str | None:
+    """Why `verb` makes no sense for this ModelDeployment now, or None when it does.
+
+    Judged from status, which may lag a moment behind the operator: `--force` skips this.
+    """
+    metadata, rollout = _metadata(md), _rollout(md)
+    name = metadata.get("name", "?")
+    if verb in (PROMOTE, PROMOTE_FULL, ABORT) and not rollout.get("canaryRevision"):
+        return f"no canary rollout of {name} is in progress (status.rollout has no canaryRevision)"
+    if verb == RETRY and not rollout.get("abortedRevision"):
+        return f"no aborted rollout of {name} to retry (status.rollout has no abortedRevision)"
+    # A second action written before the operator handled the first would replace it: the
+    # first would then never happen (two promotes in a row would promote once).
+    pending = (metadata.get("annotations") or {}).get(ACTION_ANNOTATION)
+    if pending and pending != rollout.get("handledAction"):
+        return f"the operator has not yet acted on the previous action {pending!r} of {name}"
+    return None
+
+
+def describe_action(verb: str, md: Mapping[str, Any]) -> str:
+    rollout = _rollout(md)
+    canary = rollout.get("canaryRevision") or "-"
+    return {
+        PROMOTE: f"promote canary {canary}: finish the current step and go on",
+        PROMOTE_FULL: f"promote canary {canary} fully: skip every remaining step",
+        ABORT: f"abort canary {canary}: all traffic back to the stable revision",
+        RETRY: f"retry revision {rollout.get('abortedRevision') or '-'} from the first step",
+    }[verb]
+
+
+def context_namespace(
+    contexts: Sequence[Mapping[str, Any]], active: Mapping[str, Any] | None, name: str | None
+) -> str | None:
+    """The namespace of the named context (or the active one) of a kubeconfig, if it sets one."""
+    chosen = next((c for c in contexts if c.get("name") == name), None) if name else active
+    return ((chosen or {}).get("context") or {}).get("namespace") or None
+
+
+def list_row(md: Mapping[str, Any]) -> list[str]:
+    """NAMESPACE, NAME, PHASE, STABLE, CANARY, STEP, WEIGHT of one ModelDeployment."""
+    status, rollout = md.get("status") or {}, _rollout(md)
+    step, steps, weight = rollout.get("step"), rollout.get("steps"), rollout.get("actualWeight")
+    in_progress = bool(rollout.get("canaryRevision"))
+    return [
+        str(_metadata(md).get("namespace") or "-"),
+        str(_metadata(md).get("name") or "-"),
+        str(status.get("phase") or "-"),
+        str(rollout.get("stableVersion") or (status.get("model") or {}).get("version") or "-"),
+        str(rollout.get("canaryVersion") or "?") if in_progress else "-",
+        f"{step}/{steps}" if in_progress and step is not None and steps is not None else "-",
+        f"{weight}%" if in_progress and weight is not None else "-",
+    ]
+
+
+def list_table(items: Sequence[Mapping[str, Any]], *, all_namespaces: bool) -> str:
+    header = ["NAMESPACE", "NAME", "PHASE", "STABLE", "CANARY", "STEP", "CANARY WEIGHT"]
+    table = [header, *(list_row(md) for md in items)]
+    if not all_namespaces:
+        table = [row[1:] for row in table]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n"
+        for row in table
+    )
+
+
+# --- arguments ----------------------------------------------------------------------------
+
+
+def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("-n", "--namespace", default=default, help="default: the context's")
+    parser.add_argument("--kubeconfig", default=default, help="default: $KUBECONFIG or ~/.kube/config")
+    parser.add_argument("--context", default=default, help="default: the current context")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubectl modelship", description="Control and watch the canary rollouts of ModelDeployments."
+    )
+    _connection_options(parser, default=None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # The connection options are accepted after the subcommand too, as kubectl does; SUPPRESS
+    # keeps a subcommand from resetting what was given before it.
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _connection_options(sub, default=argparse.SUPPRESS)
+        return sub
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = command(name, help_text)
+        sub.add_argument("name", metavar="NAME", help="the ModelDeployment")
+        sub.add_argument(
+            "--force", action="store_true", help="set the action even when status says it makes no sense"
+        )
+        return sub
+
+    promote = action(PROMOTE, "finish the current pause or step of the canary and go on")
+    promote.add_argument(
+        "--full", action="store_true", help="skip every remaining step: canary to 100%% and promote"
+    )
+    action(ABORT, "abort the canary: traffic fully back to the stable revision")
+    action(RETRY, "try the aborted revision again from the first step")
+
+    status = command("status", "print the rollout of a ModelDeployment")
+    status.add_argument("name", metavar="NAME", help="the ModelDeployment")
+    status.add_argument("-w", "--watch", action="store_true", help="print again on every change")
+
+    listing = command("list", "one line per ModelDeployment")
+    listing.add_argument("-A", "--all-namespaces", action="store_true")
+    return parser
+
+
+# --- I/O ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Connection:
+    api: Any  # kubernetes.client.CustomObjectsApi
+    namespace: str
+
+
+def connect(kubeconfig: str | None, context: str | None, namespace: str | None) -> Connection:
+    """Load credentials as kubectl does: --kubeconfig, $KUBECONFIG, ~/.kube/config, in-cluster."""
+    # Imported here so that `--help` and usage errors answer without loading the client.
+    from kubernetes import client, config
+
+    path = kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    have_file = any(Path(p).expanduser().is_file() for p in path.split(os.pathsep) if p)
+    if have_file or kubeconfig or context:
+        try:
+            contexts, active = config.list_kube_config_contexts(config_file=path)
+            namespace = namespace or context_namespace(contexts, active, context)
+            # persist_config=False: a plugin never rewrites the user's kubeconfig.
+            api_client = config.new_client_from_config(
+                config_file=path, context=context, persist_config=False
+            )
+        except config.ConfigException as exc:
+            raise CliError(f"cannot use the kubeconfig {path}: {exc}") from exc
+    else:
+        configuration = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException as exc:
+            raise CliError(f"no kubeconfig at {path} and not inside a cluster ({exc})") from exc
+        api_client = client.ApiClient(configuration)
+        if namespace is None and SERVICE_ACCOUNT_NAMESPACE.is_file():
+            namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
+    return Connection(client.CustomObjectsApi(api_client), namespace or "default")
+
+
+def _call(what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """One API call; its failures become a one-line error, as kubectl reports them."""
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return method(*args, **kwargs)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise CliError(f"{what} not found") from exc
+        raise CliError(f"{what}: the API server answered {exc.status} {exc.reason}") from exc
+    except HTTPError as exc:
+        raise CliError(f"{what}: cannot reach the API server: {exc}") from exc
+
+
+def _what(conn: Connection, name: str) -> str:
+    return f'modeldeployment "{name}" in namespace "{conn.namespace}"'
+
+
+def _get(conn: Connection, name: str) -> dict[str, Any]:
+    md: dict[str, Any] = _call(
+        _what(conn, name),
+        conn.api.get_namespaced_custom_object,
+        naming.GROUP,
+        naming.VERSION,
+        conn.namespace,
+        naming.PLURAL,
+        name,
+    )
+    return md
+
+
+def run_action(conn: Connection, verb: str, name: str, *, force: bool, out: Callable[[str], None]) -> None:
+    md = _get(conn, name)
+    why_not = refusal(verb, md)
+    if why_not and not force:
+        raise CliError(f"{why_not}; see `kubectl modelship status {name}`, or use --force to set it anyway")
+    patch = action_patch(verb, datetime.now(UTC))
+    _call(
+        _what(conn, name),
+        conn.api.patch_namespaced_custom_object,
+        naming.GROUP,
+        naming.VERSION,
+        conn.namespace,
+        naming.PLURAL,
+        name,
+        patch,
+        _content_type="application/merge-patch+json",
+    )
+    value = patch["metadata"]["annotations"][ACTION_ANNOTATION]
+    out(
+        f"modeldeployment {conn.namespace}/{name}: asked to {describe_action(verb, md)} "
+        f"({ACTION_ANNOTATION}={value}); the operator acts on it, follow with "
+        f"`kubectl modelship status {name} -n {conn.namespace}`\n"
+    )
+
+
+def _show(md: Mapping[str, Any], now: datetime) -> str:
+    return format_rollout(md, now=now, action_annotation=ACTION_ANNOTATION)
+
+
+# What a watch compares: the text without the ages, which change with every look.
+_AGELESS = datetime.min.replace(tzinfo=UTC)
+
+
+def run_status(conn: Connection, name: str, *, watch: bool, out: Callable[[str], None]) -> None:
+    md = _get(conn, name)
+    out(_show(md, datetime.now(UTC)))
+    if watch:
+        _watch(conn, name, md, out)
+
+
+def _watch(conn: Connection, name: str, md: dict[str, Any], out: Callable[[str], None]) -> None:
+    """Print the status again whenever its text changes, until the object is deleted."""
+    from kubernetes import watch
+    from kubernetes.client.rest import ApiException
+
+    shown = _show(md, _AGELESS)
+    version = md["metadata"].get("resourceVersion")
+    while True:
+        try:
+            stream = watch.Watch().stream(
+                conn.api.list_namespaced_custom_object,
+                naming.GROUP,
+                naming.VERSION,
+                conn.namespace,
+                naming.PLURAL,
+                field_selector=f"metadata.name={name}",
+                resource_version=version,
+                timeout_seconds=300,
+            )
+            events = [] if stream is None else stream
+            for event in events:
+                if event["type"] == "DELETED":
+                    out(f"modeldeployment {conn.namespace}/{name} was deleted\n")
+                    return
+                if event["type"] not in ("ADDED", "MODIFIED"):
+                    continue
+                obj = event["object"]
+                version = obj.get("metadata", {}).get("resourceVersion", version)
+                if _show(obj, _AGELESS) != shown:
+                    shown = _show(obj, _AGELESS)
+                    out("\n" + _show(obj, datetime.now(UTC)))
+        except ApiException as exc:
+            if exc.status != 410:
+                raise CliError(f"watching {_what(conn, name)}: {exc.status} {exc.reason}") from exc
+            # The version we watched from is too old: look again, then watch from there.
+            md = _get(conn, name)
+            version = md["metadata"].get("resourceVersion")
+            if _show(md, _AGELESS) != shown:
+                shown = _show(md, _AGELESS)
+                out("\n" + _show(md, datetime.now(UTC)))
+
+
+def run_list(conn: Connection, *, all_namespaces: bool, out: Callable[[str], None]) -> None:
+    args = (naming.GROUP, naming.VERSION, naming.PLURAL)
+    if all_namespaces:
+        found = _call("modeldeployments", conn.api.list_cluster_custom_object, *args)
+    else:
+        found = _call(
+            "modeldeployments",
+            conn.api.list_namespaced_custom_object,
+            args[0],
+            args[1],
+            conn.namespace,
+            args[2],
+        )
+    items = found.get("items") or []
+    if not items:
+        where = "any namespace" if all_namespaces else f'namespace "{conn.namespace}"'
+        out(f"no modeldeployments in {where}\n")
+    else:
+        out(list_table(items, all_namespaces=all_namespaces))
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        conn = connect(args.kubeconfig, args.context, args.namespace)
+        if args.command == "status":
+            run_status(conn, args.name, watch=args.watch, out=_write)
+        elif args.command == "list":
+            run_list(conn, all_namespaces=args.all_namespaces, out=_write)
+        else:
+            verb = verb_of(args.command, getattr(args, "full", False))
+            run_action(conn, verb, args.name, force=args.force, out=_write)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # the way out of --watch
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The rollout of a ModelDeployment as text, for `kubectl modelship status`: pure functions.
+
+The input is the object as the API returns it. Status is written by whichever operator version
+runs, and a fresh object has none, so every field is optional here: what is missing is left
+out or shown as "-", never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+# The operator's main conditions first, in this order; any others after them.
+CONDITION_ORDER = ("Ready", "Progressing", "Degraded")
+
+DONE, CURRENT, PENDING = "[x]", "[>]", "[ ]"
+
+
+def _obj(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> Sequence[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time as the API writes it ("...Z", optionally with fractions), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def age(since: datetime, now: datetime) -> str:
+    """A duration as kubectl shows ages: 45s, 3m12s, 2h5m, 4d3h."""
+    seconds = max(0, int((now - since).total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds}s" if seconds else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+def _when(value: Any, now: datetime) -> str:
+    moment = parse_time(value)
+    if moment is None:
+        return _text(value)
+    return f"{value} ({age(moment, now)} ago)"
+
+
+def describe_step(step: Any) -> str:
+    """One canary step of the spec, as a user would say it."""
+    step = _obj(step)
+    if "setWeight" in step:
+        return f"setWeight: {_text(step['setWeight'])}%"
+    if "pause" in step:
+        duration = _obj(step["pause"]).get("duration")
+        if duration is None or duration == "":
+            return "pause: until promoted"
+        return f"pause: {duration}s" if isinstance(duration, int) else f"pause: {duration}"
+    if "analysis" in step:
+        return "analysis"
+    return json.dumps(step, sort_keys=True) if step else "(empty step)"
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    """Rows as left-aligned columns; the last column is not padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        lines.append((indent + "  ".join([*cells, row[-1]])).rstrip())
+    return lines
+
+
+def _revision(revision: Any, version: Any) -> str:
+    if not revision and not version:
+        return "-"
+    if not version:
+        return f"revision {revision}"
+    return f"version {version} (revision {_text(revision)})"
+
+
+def _step_lines(steps: Sequence[Any], current: int | None) -> list[str]:
+    lines = []
+    for index, step in enumerate(steps):
+        if current is None:
+            lines.append(f"  {index + 1}. {describe_step(step)}")
+            continue
+        if index < current:
+            marker = DONE
+        elif index == current:
+            marker = CURRENT
+        else:
+            marker = PENDING
+        lines.append(f"  {marker} {index + 1}. {describe_step(step)}")
+    return lines
+
+
+def _progress(rollout: Mapping[str, Any], steps: Sequence[Any], now: datetime) -> str:
+    """`k/n done`, as Argo counts (k is the index of the current step), then the current step."""
+    step, total = rollout.get("step"), rollout.get("steps")
+    if total is None:
+        total = len(steps)
+    text = f"{_text(step)}/{_text(total)} done"
+    if isinstance(step, int) and isinstance(total, int) and step < total:
+        known = 0 <= step < len(steps)
+        text += f"; now {step + 1}. {describe_step(steps[step])}" if known else f"; now step {step + 1}"
+        if rollout.get("stepStartedAt"):
+            text += f", since {_when(rollout['stepStartedAt'], now)}"
+    return text
+
+
+def _weight(rollout: Mapping[str, Any]) -> str | None:
+    asked, actual = rollout.get("weight"), rollout.get("actualWeight")
+    if asked is None and actual is None:
+        return None
+    parts = []
+    if asked is not None:
+        parts.append(f"{_text(asked)}% asked")
+    if actual is not None:
+        parts.append(f"{_text(actual)}% actual")
+    return ", ".join(parts)
+
+
+def _analysis_lines(analysis: Mapping[str, Any], now: datetime) -> list[str]:
+    summary = []
+    if analysis.get("lastRun"):
+        summary.append(f"last run {_when(analysis['lastRun'], now)}")
+    failures = analysis.get("failures")
+    if failures is not None:
+        summary.append(f"{_text(failures)} failed measurement(s) in a row")
+    results = [_obj(result) for result in _list(analysis.get("results"))]
+    if not summary and not results:
+        return []
+    lines = [_field("Analysis", "; ".join(summary) if summary else "-")]
+    if results:
+        rows = [["NAME", "VALUE", "THRESHOLD", "RESULT"]]
+        rows += [
+            [_text(r.get("name")), _text(r.get("value")), _text(r.get("threshold")), _text(r.get("result"))]
+            for r in results
+        ]
+        lines += _table(rows)
+    return lines
+
+
+def _condition_lines(conditions: Sequence[Any]) -> list[str]:
+    found = [_obj(c) for c in conditions if _obj(c).get("type")]
+    if not found:
+        return []
+
+    def order(condition: Mapping[str, Any]) -> tuple[int, str]:
+        kind = str(condition["type"])
+        return (CONDITION_ORDER.index(kind) if kind in CONDITION_ORDER else len(CONDITION_ORDER), kind)
+
+    rows = [["TYPE", "STATUS", "REASON", "MESSAGE"]]
+    rows += [
+        [_text(c["type"]), _text(c.get("status")), _text(c.get("reason")), _text(c.get("message"))]
+        for c in sorted(found, key=order)
+    ]
+    return ["Conditions:", *_table(rows)]
+
+
+LABEL_WIDTH = 14
+
+
+def _field(label: str, value: str) -> str:
+    return f"{label + ':':<{LABEL_WIDTH}}{value}"
+
+
+def format_rollout(md: Mapping[str, Any], *, now: datetime, action_annotation: str) -> str:
+    """The status block of one ModelDeployment, in the spirit of `kubectl argo rollouts get`."""
+    metadata, spec, status = _obj(md.get("metadata")), _obj(md.get("spec")), _obj(md.get("status"))
+    rollout = _obj(status.get("rollout"))
+    spec_rollout = _obj(spec.get("rollout"))
+    steps = _list(_obj(spec_rollout.get("canary")).get("steps"))
+    in_progress = bool(rollout.get("canaryRevision"))
+
+    lines = [
+        _field("Name", _text(metadata.get("name"))),
+        _field("Namespace", _text(metadata.get("namespace"))),
+    ]
+    phase = status.get("phase")
+    lines.append(_field("Phase", _text(phase) if phase else "- (no status reported yet)"))
+    lines.append(_field("Strategy", _text(rollout.get("strategy") or spec_rollout.get("strategy"))))
+
+    # An operator without canary rollouts still reports the serving model in status.model.
+    served = _obj(status.get("model"))
+    lines.append(
+        _field(
+            "Stable",
+            _revision(
+                rollout.get("stableRevision") or served.get("revision"),
+                rollout.get("stableVersion") or served.get("version"),
+            ),
+        )
+    )
+    if in_progress:
+        lines.append(_field("Canary", _revision(rollout["canaryRevision"], rollout.get("canaryVersion"))))
+    else:
+        lines.append(_field("Canary", "- (no rollout in progress)"))
+
+    step = rollout.get("step")
+    if in_progress and (isinstance(step, int) or rollout.get("steps") is not None):
+        lines.append(_field("Step", _progress(rollout, steps, now)))
+    if steps:
+        current = step if in_progress and isinstance(step, int) else None
+        lines.append("Steps:" if in_progress else _field("Steps", "(of the next rollout)"))
+        lines += _step_lines(steps, current)
+
+    weight = _weight(rollout)
+    if weight is not None:
+        lines.append(_field("Weight", weight))
+    if rollout.get("traffic"):
+        lines.append(_field("Traffic", str(rollout["traffic"])))
+    if rollout.get("paused") or rollout.get("pauseReason"):
+        lines.append(_field("Paused", _text(rollout.get("pauseReason") or "yes")))
+
+    lines += _analysis_lines(_obj(rollout.get("analysis")), now)
+
+    if rollout.get("abortedRevision") or rollout.get("abortReason"):
+        aborted = f"revision {_text(rollout.get('abortedRevision'))}: {_text(rollout.get('abortReason'))}"
+        lines.append(_field("Aborted", aborted))
+
+    pending = _obj(metadata.get("annotations")).get(action_annotation)
+    handled = rollout.get("handledAction")
+    if pending and pending != handled:
+        lines.append(_field("Action", f"{pending} (asked, not yet acted on)"))
+    elif handled:
+        lines.append(_field("Last action", f"{handled} (acted on)"))
+    if rollout.get("message"):
+        lines.append(_field("Message", str(rollout["message"])))
+
+    lines += _condition_lines(_list(status.get("conditions")))
+    return "\n".join(lines) + "\n"
