@@ -305,3 +305,7 @@ def _stamp(manifest: Manifest) -> Manifest:
     digest = canonical_hash(manifest, 16)
     manifest["metadata"]["annotations"] = {naming.ANNOTATION_APPLIED: digest}
     return manifest
+
+
+# Children built in other modules (traffic's per-revision Services) are stamped the same way.
+stamp = _stamp

@@ -1,0 +1,138 @@
+"""Exact canary weights through the Gateway API: pure functions, no I/O.
+
+With `trafficRouting.gatewayAPI.httpRoute`, every revision gets a Service of its own (named
+like its Deployment), and the user's HTTPRoute splits the traffic between the stable and the
+canary revision by the weights of its backendRefs. Only the rules that send traffic to this
+ModelDeployment are rewritten: the rest of the route (hosts, matches, filters, other
+backends' rules) stays the user's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from modelship.operator import manifests, naming
+from modelship.operator.manifests import Manifest
+from modelship.operator.spec import ModelDeployment
+
+# What the HTTPRoute CRD's schema fills in on a backendRef that leaves them out.
+_REF_DEFAULTS: Mapping[str, Any] = {"group": "", "kind": "Service", "weight": 1}
+
+
+def revision_service(md: ModelDeployment, revision: str) -> Manifest:
+    """The Service in front of one revision's pods only, for a route to give a weight."""
+    labels = naming.common_labels(md.name)
+    labels[naming.LABEL_REVISION] = revision
+    return manifests.stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": naming.deployment_name(md.name, revision),
+                "namespace": md.namespace,
+                "labels": labels,
+                "ownerReferences": [md.owner_reference()],
+            },
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {naming.LABEL_MODEL_DEPLOYMENT: md.name, naming.LABEL_REVISION: revision},
+                "ports": [
+                    {"name": "http", "port": naming.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+                ],
+            },
+        }
+    )
+
+
+def backend_refs(stable_service: str, canary_service: str | None, canary_weight: int) -> list[Manifest]:
+    """The backendRefs of a rule of ours: weights that sum to 100, the canary's `canary_weight`."""
+    if not 0 <= canary_weight <= 100:
+        raise ValueError(f"a canary weight is a percentage, not {canary_weight}")
+    if canary_service is None or canary_service == stable_service:
+        return [{"name": stable_service, "port": naming.SERVICE_PORT, "weight": 100}]
+    return [
+        {"name": stable_service, "port": naming.SERVICE_PORT, "weight": 100 - canary_weight},
+        {"name": canary_service, "port": naming.SERVICE_PORT, "weight": canary_weight},
+    ]
+
+
+def route_rules(
+    route: Mapping[str, Any],
+    md_name: str,
+    service_names: Collection[str],
+    stable_service: str,
+    canary_service: str | None,
+    canary_weight: int,
+) -> list[Manifest] | None:
+    """The route's `spec.rules` with the weights set, or None when they are already so.
+
+    A rule is ours when one of its backendRefs is a Service of this ModelDeployment: its main
+    Service `md_name`, one in `service_names` (the per-revision Services that exist, old ones
+    included), or the stable or canary Service. An ours rule's backendRefs become exactly
+    `backend_refs(...)`, whatever they were; every other rule is left as it is.
+    """
+    namespace = _namespace(route)
+    ours = {md_name, stable_service, *service_names}
+    if canary_service is not None:
+        ours.add(canary_service)
+    wanted = backend_refs(stable_service, canary_service, canary_weight)
+    rules = copy.deepcopy(list(_rules(route)))
+    changed = False
+    for rule in rules:
+        refs = rule.get("backendRefs") or []
+        if not any(_service_name(ref, namespace) in ours for ref in refs):
+            continue
+        # Compared with the schema's defaults filled in, so that what the API server returns
+        # for the refs we wrote reads as unchanged and an idle reconcile writes nothing.
+        if _canonical(refs, namespace) != _canonical(wanted, namespace):
+            rule["backendRefs"] = copy.deepcopy(wanted)
+            changed = True
+    return rules if changed else None
+
+
+def route_weights(route: Mapping[str, Any]) -> dict[str, int]:
+    """The weight of each Service the route sends traffic to, by name.
+
+    A Service named in several rules keeps the weight of the first: the operator gives all of
+    its rules the same weights, so a difference means someone else edited the route.
+    """
+    namespace = _namespace(route)
+    weights: dict[str, int] = {}
+    for rule in _rules(route):
+        for ref in rule.get("backendRefs") or []:
+            name = _service_name(ref, namespace)
+            if name is not None:
+                weights.setdefault(name, int(_with_defaults(ref, namespace)["weight"]))
+    return weights
+
+
+def _namespace(route: Mapping[str, Any]) -> str | None:
+    return (route.get("metadata") or {}).get("namespace")
+
+
+def _rules(route: Mapping[str, Any]) -> Sequence[Manifest]:
+    return (route.get("spec") or {}).get("rules") or []
+
+
+def _with_defaults(ref: Mapping[str, Any], namespace: str | None) -> Manifest:
+    """The ref as the API server sees it: a missing (or null) namespace is the route's own."""
+    defaults = {**_REF_DEFAULTS, "namespace": namespace}
+    filled = {**defaults, **ref}
+    return {key: defaults.get(key) if value is None else value for key, value in filled.items()}
+
+
+def _service_name(ref: Mapping[str, Any], namespace: str | None) -> str | None:
+    """The name of the Service in the route's own namespace that the ref points at, if any."""
+    full = _with_defaults(ref, namespace)
+    if full["group"] != "" or full["kind"] != "Service" or full["namespace"] != namespace:
+        return None
+    name = full.get("name")
+    return name if isinstance(name, str) else None
+
+
+def _canonical(refs: Sequence[Mapping[str, Any]], namespace: str | None) -> list[str]:
+    """The refs as comparable text, in no particular order: the order of backends is no weight."""
+    return sorted(json.dumps(_with_defaults(ref, namespace), sort_keys=True) for ref in refs)
