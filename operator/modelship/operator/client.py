@@ -1,4 +1,4 @@
-"""A small async Kubernetes API client on aiohttp: get, list, apply, patch status, delete.
+"""A small async Kubernetes API client on aiohttp: get, list, apply, replace, patch status, delete.
 
 Kopf watches; this client writes. It takes its credentials from the same login function as
 Kopf (see `auth`), so both use one source, and logs in again when the API says 401 (service
@@ -65,10 +65,20 @@ CLUSTER_PEERINGS = ResourceKind(
     "kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering", namespaced=False
 )
 PEERINGS = ResourceKind("kopf.dev", "v1", "kopfpeerings", "KopfPeering")
+HTTPROUTES = ResourceKind("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
 
 KINDS = {
     k.kind: k
-    for k in (MODEL_DEPLOYMENTS, DEPLOYMENTS, SERVICES, AUTOSCALERS, PODS, CLUSTER_PEERINGS, PEERINGS)
+    for k in (
+        MODEL_DEPLOYMENTS,
+        DEPLOYMENTS,
+        SERVICES,
+        AUTOSCALERS,
+        PODS,
+        CLUSTER_PEERINGS,
+        PEERINGS,
+        HTTPROUTES,
+    )
 }
 
 
@@ -233,6 +243,24 @@ class KubeClient:
         )
         if status == 404:
             raise ApiError(404, "NotFound", f"{kind.kind} {meta['name']}: the API does not serve it")
+        return dict(body)
+
+    async def replace(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT a whole object we do not own (a user's HTTPRoute). Its metadata.resourceVersion
+        turns a concurrent change into a 409, raised at once rather than retried with the same
+        stale body: transient, for the caller to read the object again and retry."""
+        kind = KINDS[manifest["kind"]]
+        meta = manifest["metadata"]
+        status, body = await self._request(
+            "PUT",
+            kind.path(meta.get("namespace"), meta["name"]),
+            params={"fieldManager": naming.FIELD_MANAGER},
+            body=manifest,
+            write="replace",
+            final=frozenset({409}),
+        )
+        if status == 404:
+            raise ApiError(404, "NotFound", f"{kind.kind} {meta['name']} is gone")
         return dict(body)
 
     async def patch_status(
