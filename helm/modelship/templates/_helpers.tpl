@@ -59,6 +59,11 @@ tests/helm/test_rbac_cluster.py runs the operator with nothing more.
 - apiGroups: [""]
   resources: [services]
   verbs: [list, watch, create, patch]
+# A canary with trafficRouting.gatewayAPI sets the weights on the user's HTTPRoute (read, then
+# replaced with its resourceVersion); the route is never created or deleted by the operator.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, list, watch, update, patch]
 # Pods are only observed (readiness, load failures).
 - apiGroups: [""]
   resources: [pods]
