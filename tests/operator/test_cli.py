@@ -85,6 +85,9 @@ ABORTED: dict[str, Any] = {
         "abortReason": f"analysis success-rate: 0.42 < 0.99 (canary {CANARY}, 50 requests)",
         "analysis": {
             "failures": 2,
+            "runs": 4,
+            "verdict": "Fail",
+            "summary": "success-rate 0.42 < 0.99",
             "lastRun": "2026-11-23T10:00:30Z",
             "results": [
                 {"name": "success-rate", "value": 0.4200001, "threshold": ">= 0.99", "result": "Fail"},
@@ -104,7 +107,15 @@ ABORTED: dict[str, Any] = {
 HEALTHY: dict[str, Any] = {
     "phase": "Healthy",
     "model": {"name": "iris", "version": "2", "revision": CANARY},
-    "rollout": {"strategy": "Canary", "stableRevision": CANARY, "stableVersion": "2", "step": 5, "steps": 5},
+    "rollout": {
+        "strategy": "Canary",
+        "stableRevision": CANARY,
+        "stableVersion": "2",
+        "step": 5,
+        "steps": 5,
+        "promotedAt": "2026-11-23T10:00:45Z",
+        "retiring": STABLE,
+    },
     "conditions": conditions("True", "False", "False"),
 }
 
@@ -205,10 +216,7 @@ def test_mid_rollout_paused() -> None:
     assert field(output, "Weight") == "10% asked, 33% actual"
     assert field(output, "Traffic").startswith("by replica ratio: 1 canary and 2 stable pods")
     assert field(output, "Paused") == "pause of 30s until 2026-11-23T10:00:30Z"
-    assert (
-        field(output, "Analysis")
-        == "last run 2026-11-23T10:00:30Z (30s ago); 0 failed measurement(s) in a row"
-    )
+    assert field(output, "Analysis") == "0 failed in a row, last run 2026-11-23T10:00:30Z (30s ago)"
     assert lines_after(output, "Analysis:") == [
         "NAME          VALUE  THRESHOLD  RESULT",
         "success-rate  1      >= 0.99    Pass",
@@ -230,11 +238,11 @@ def test_aborted_by_a_failed_analysis() -> None:
         f"revision {CANARY}: analysis success-rate: 0.42 < 0.99 (canary {CANARY}, 50 requests)"
     )
     assert field(output, "Weight") == "0% asked, 0% actual"
-    assert (
-        field(output, "Analysis")
-        == "last run 2026-11-23T10:00:30Z (30s ago); 2 failed measurement(s) in a row"
+    assert field(output, "Analysis") == (
+        "Fail, 2 failed in a row, 4 run(s), last run 2026-11-23T10:00:30Z (30s ago)"
     )
     assert lines_after(output, "Analysis:") == [
+        "success-rate 0.42 < 0.99",
         "NAME          VALUE   THRESHOLD  RESULT",
         "success-rate  0.42    >= 0.99    Fail",
         "latency-p99   0.0123  <= 0.5     Pass",
@@ -256,15 +264,11 @@ def test_healthy_after_a_rollout() -> None:
     assert field(output, "Phase") == "Healthy"
     assert field(output, "Stable") == f"version 2 (revision {CANARY})"
     assert field(output, "Canary") == "- (no rollout in progress)"
+    assert field(output, "Retiring") == (
+        f"revision {STABLE}, kept a while after the promotion at 2026-11-23T10:00:45Z (15s ago)"
+    )
     assert labels(output) == {
-        "Name",
-        "Namespace",
-        "Phase",
-        "Strategy",
-        "Stable",
-        "Canary",
-        "Steps",
-        "Conditions",
+        *("Name", "Namespace", "Phase", "Strategy", "Stable", "Canary", "Steps", "Retiring", "Conditions")
     }
 
 

@@ -289,6 +289,7 @@ def _watch(conn: Connection, name: str, md: dict[str, Any], out: Callable[[str],
     """Print the status again whenever its text changes, until the object is deleted."""
     from kubernetes import watch
     from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError
 
     shown = _show(md, _AGELESS)
     version = md["metadata"].get("resourceVersion")
@@ -316,6 +317,8 @@ def _watch(conn: Connection, name: str, md: dict[str, Any], out: Callable[[str],
                 if _show(obj, _AGELESS) != shown:
                     shown = _show(obj, _AGELESS)
                     out("\n" + _show(obj, datetime.now(UTC)))
+        except HTTPError as exc:
+            raise CliError(f"watching {_what(conn, name)}: lost the API server: {exc}") from exc
         except ApiException as exc:
             if exc.status != 410:
                 raise CliError(f"watching {_what(conn, name)}: {exc.status} {exc.reason}") from exc

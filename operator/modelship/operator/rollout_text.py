@@ -145,16 +145,22 @@ def _weight(rollout: Mapping[str, Any]) -> str | None:
 
 
 def _analysis_lines(analysis: Mapping[str, Any], now: datetime) -> list[str]:
-    summary = []
-    if analysis.get("lastRun"):
-        summary.append(f"last run {_when(analysis['lastRun'], now)}")
-    failures = analysis.get("failures")
+    parts = []
+    if analysis.get("verdict"):
+        parts.append(str(analysis["verdict"]))
+    failures, runs = analysis.get("failures"), analysis.get("runs")
     if failures is not None:
-        summary.append(f"{_text(failures)} failed measurement(s) in a row")
+        parts.append(f"{_text(failures)} failed in a row")
+    if runs is not None:
+        parts.append(f"{_text(runs)} run(s)")
+    if analysis.get("lastRun"):
+        parts.append(f"last run {_when(analysis['lastRun'], now)}")
     results = [_obj(result) for result in _list(analysis.get("results"))]
-    if not summary and not results:
+    if not parts and not results and not analysis.get("summary"):
         return []
-    lines = [_field("Analysis", "; ".join(summary) if summary else "-")]
+    lines = [_field("Analysis", ", ".join(parts) if parts else "-")]
+    if analysis.get("summary"):
+        lines.append(f"  {analysis['summary']}")
     if results:
         rows = [["NAME", "VALUE", "THRESHOLD", "RESULT"]]
         rows += [
@@ -242,6 +248,12 @@ def format_rollout(md: Mapping[str, Any], *, now: datetime, action_annotation: s
     if rollout.get("abortedRevision") or rollout.get("abortReason"):
         aborted = f"revision {_text(rollout.get('abortedRevision'))}: {_text(rollout.get('abortReason'))}"
         lines.append(_field("Aborted", aborted))
+
+    if rollout.get("retiring"):
+        retiring = f"revision {rollout['retiring']}, kept a while after the promotion"
+        if rollout.get("promotedAt"):
+            retiring += f" at {_when(rollout['promotedAt'], now)}"
+        lines.append(_field("Retiring", retiring))
 
     pending = _obj(metadata.get("annotations")).get(action_annotation)
     handled = rollout.get("handledAction")
