@@ -56,7 +56,7 @@ def test_names_and_subresources() -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Model", "Version", "Ready", "Status", "Age"]
+    assert columns == ["Model", "Version", "Ready", "Status", "Canary", "Weight", "Age"]
 
 
 def test_every_status_field_the_operator_writes_is_in_the_schema() -> None:
@@ -68,7 +68,7 @@ def test_every_status_field_the_operator_writes_is_in_the_schema() -> None:
     status["model"] |= {"version": "3", "revision": "abc"}
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert value_paths(status) <= schema_paths(schema)
-    assert set(status) == st.OWNED_STATUS_FIELDS
+    assert set(status) | {"rollout"} == st.OWNED_STATUS_FIELDS
 
 
 def test_replicas_has_no_default_so_that_autoscaling_can_exclude_it() -> None:

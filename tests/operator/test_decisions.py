@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from modelship.operator import manifests, spec
+from modelship.operator import canary, manifests, naming, spec
 from modelship.operator.decisions import Children, decide
 from modelship.operator.drift import Difference
 
 from tests.operator.factories import live, md_body, ready_deployment
 
 IMAGE = "img:1"
+NOW = 1_800_000_000.0
 
 
 def desired(body: dict) -> tuple[dict, dict, dict | None]:
@@ -22,7 +23,7 @@ def desired(body: dict) -> tuple[dict, dict, dict | None]:
 
 
 def test_a_new_model_deployment_gets_a_deployment_and_a_service() -> None:
-    decision = decide(spec.parse(md_body(replicas=2)), Children(), server_image=IMAGE)
+    decision = decide(spec.parse(md_body(replicas=2)), Children(), server_image=IMAGE, now=NOW)
     assert [(a.kind, a.difference) for a in decision.apply] == [
         ("Deployment", Difference.MISSING),
         ("Service", Difference.MISSING),
@@ -34,7 +35,7 @@ def test_nothing_to_do_when_the_children_are_as_wanted() -> None:
     body = md_body(replicas=2)
     deployment, service, _ = desired(body)
     children = Children(deployments=[ready_deployment(deployment)], services=[live(service)])
-    decision = decide(spec.parse(body), children, server_image=IMAGE)
+    decision = decide(spec.parse(body), children, server_image=IMAGE, now=NOW)
     assert decision.apply == ()
     assert decision.delete == ()
     assert decision.plan.target_complete
@@ -46,7 +47,7 @@ def test_a_new_version_keeps_the_old_deployment_until_the_new_one_is_complete() 
     new_body = md_body(replicas=2, model={"version": "4"}, status={"model": {"revision": "x"}})
     new_deployment, _, _ = desired(new_body)
     children = Children(deployments=[ready_deployment(old_deployment)], services=[live(service)])
-    decision = decide(spec.parse(new_body), children, server_image=IMAGE)
+    decision = decide(spec.parse(new_body), children, server_image=IMAGE, now=NOW)
     assert [a.name for a in decision.apply] == [new_deployment["metadata"]["name"]]
     assert decision.delete == ()
 
@@ -54,8 +55,25 @@ def test_a_new_version_keeps_the_old_deployment_until_the_new_one_is_complete() 
         deployments=[ready_deployment(old_deployment), ready_deployment(new_deployment)],
         services=[live(service)],
     )
-    decision = decide(spec.parse(new_body), children, server_image=IMAGE)
+    decision = decide(spec.parse(new_body), children, server_image=IMAGE, now=NOW)
     assert decision.apply == ()
+    assert decision.plan.stable == decision.revision.revision
+    # The old revision keeps its pods for scaleDownDelaySeconds (30 by default), then goes.
+    assert decision.delete == ()
+    old_revision = old_deployment["metadata"]["labels"][naming.LABEL_REVISION]
+    promoted = {
+        "stableRevision": decision.revision.revision,
+        "retiring": old_revision,
+        "promotedAt": "2027-01-15T08:00:00Z",
+    }
+    later = md_body(replicas=2, model={"version": "4"}, status={"rollout": promoted})
+    decision = decide(
+        spec.parse(later), children, server_image=IMAGE, now=canary.parse_time("2027-01-15T08:00:29Z") or 0
+    )
+    assert decision.delete == ()
+    decision = decide(
+        spec.parse(later), children, server_image=IMAGE, now=canary.parse_time("2027-01-15T08:00:31Z") or 0
+    )
     assert [(d.kind, d.name) for d in decision.delete] == [("Deployment", old_deployment["metadata"]["name"])]
     assert decision.delete[0].uid == f"uid-{old_deployment['metadata']['name']}"
 
@@ -68,6 +86,7 @@ def test_autoscaling_adds_an_hpa_and_unsetting_it_removes_it() -> None:
         spec.parse(body),
         Children(deployments=[ready_deployment(deployment)], services=[live(service)]),
         server_image=IMAGE,
+        now=NOW,
     )
     assert [a.kind for a in decision.apply] == ["HorizontalPodAutoscaler"]
 
@@ -76,7 +95,7 @@ def test_autoscaling_adds_an_hpa_and_unsetting_it_removes_it() -> None:
     children = Children(
         deployments=[ready_deployment(plain_deployment)], services=[live(service)], autoscalers=[live(hpa)]
     )
-    decision = decide(spec.parse(plain), children, server_image=IMAGE)
+    decision = decide(spec.parse(plain), children, server_image=IMAGE, now=NOW)
     assert [(d.kind, d.name) for d in decision.delete] == [("HorizontalPodAutoscaler", "iris")]
 
 
@@ -86,6 +105,9 @@ def test_children_of_an_earlier_object_with_the_same_name_are_ignored() -> None:
     leftover = ready_deployment(deployment)
     leftover["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-deleted-iris"
     decision = decide(
-        spec.parse(body), Children(deployments=[leftover], services=[live(service)]), server_image=IMAGE
+        spec.parse(body),
+        Children(deployments=[leftover], services=[live(service)]),
+        server_image=IMAGE,
+        now=NOW,
     )
     assert [a.kind for a in decision.apply] == ["Deployment"]

@@ -277,6 +277,20 @@ class KubeClient:
         )
         return None if status == 404 else body
 
+    async def patch_json(
+        self, kind: ResourceKind, namespace: str, name: str, operations: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """A JSON patch (RFC 6902) of the object; None if it is gone. A failed `test` is a 422."""
+        status, body = await self._request(
+            "PATCH",
+            kind.path(namespace, name),
+            params={"fieldManager": naming.FIELD_MANAGER},
+            body=operations,
+            content_type="application/json-patch+json",
+            write="patch",
+        )
+        return None if status == 404 else body
+
     async def delete(self, kind: ResourceKind, namespace: str, name: str, *, uid: str | None = None) -> bool:
         """Delete (dependents in the background); False if it was already gone or replaced."""
         options: dict[str, Any] = {"propagationPolicy": "Background"}

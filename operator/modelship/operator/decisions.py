@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelship.operator import manifests, naming
+from modelship.operator import canary, manifests, naming, observed
 from modelship.operator.drift import Difference, difference
 from modelship.operator.manifests import Manifest, Revision
 from modelship.operator.observed import RevisionState, revision_states
-from modelship.operator.rollout import RolloutPlan, plan_rollout
+from modelship.operator.rollout import RolloutPlan
 from modelship.operator.spec import ModelDeployment
 
 Body = Mapping[str, Any]
@@ -59,6 +59,15 @@ class Decision:
     revisions: Mapping[str, RevisionState]
     apply: tuple[Apply, ...] = ()
     delete: tuple[Delete, ...] = field(default=())
+    rollout: canary.Outcome | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """What `decide` needs of the analysis settings (analysis.AnalysisSettings has them)."""
+
+    interval: float = 30.0
+    failure_limit: int = 2
 
 
 def _owned(body: Body, md: ModelDeployment) -> bool:
@@ -75,13 +84,90 @@ def _by_name(bodies: Sequence[Body], name: str) -> Body | None:
     return None
 
 
-def decide(md: ModelDeployment, children: Children, *, server_image: str) -> Decision:
+def _size(md: ModelDeployment, states: Mapping[str, RevisionState], stable: str | None) -> int:
+    """N: the replicas the model serves with; with an autoscaler, the size it gave the serving revision."""
+    desired = md.desired_replicas
+    if desired is not None:
+        return desired
+    assert md.autoscaling is not None
+    serving = states.get(stable) if stable else None
+    return max(md.autoscaling.min_replicas, serving.spec_replicas if serving is not None else 0)
+
+
+def target_failure(
+    revision: Revision, states: Mapping[str, RevisionState], pods: Sequence[Body]
+) -> str | None:
+    """Why the target revision's pods cannot serve, in their own words; None while all is well."""
+    mine = [
+        p
+        for p in pods
+        if ((p.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_REVISION) == revision.revision
+    ]
+    for failure in observed.pod_failures(mine):
+        return f"{failure.reason}: version {revision.version}, pod {failure.pod}: {failure.message}"
+    state = states.get(revision.revision)
+    if state is not None and state.failure is not None and not state.complete:
+        return f"{state.failure[0]}: version {revision.version}: {state.failure[1]}"
+    return None
+
+
+def rollout_state(md: ModelDeployment) -> canary.RolloutState:
+    return canary.RolloutState.from_status(md.status)
+
+
+def measurement_due(
+    md: ModelDeployment, revision: Revision, settings: AnalysisSettings, *, now: float
+) -> bool:
+    return canary.analysis_due(md.rollout, rollout_state(md), revision.revision, settings.interval, now)
+
+
+def decide(
+    md: ModelDeployment,
+    children: Children,
+    *,
+    server_image: str,
+    now: float,
+    measurement: canary.Verdict | None = None,
+    settings: AnalysisSettings = AnalysisSettings(),
+) -> Decision:
     revision = manifests.desired_revision(md, server_image=server_image)
     deployments = [d for d in children.deployments if _owned(d, md)]
     states = revision_states(deployments)
-    target_deployment = manifests.revision_deployment(md, revision, md.desired_replicas)
-    wanted = [target_deployment, manifests.service(md)]
-    hpa = manifests.autoscaler(md, revision.deployment_name)
+    state = rollout_state(md)
+    seen = canary.Observed(
+        target=revision.revision,
+        target_version=revision.version,
+        revisions=states,
+        size=_size(md, states, state.stable),
+        autoscaled=md.autoscaling is not None,
+        target_failure=target_failure(revision, states, children.pods),
+        measurement=measurement,
+        action=md.annotations.get(naming.ANNOTATION_ACTION),
+        routed=md.rollout.http_route is not None,
+    )
+    outcome = canary.advance(
+        md.rollout,
+        state,
+        seen,
+        now,
+        analysis_interval=settings.interval,
+        failure_limit=settings.failure_limit,
+    )
+
+    wanted: list[Manifest] = []
+    target_deployment: Manifest | None = None
+    for rev, replicas in sorted(outcome.replicas.items()):
+        if rev == revision.revision:
+            target_deployment = manifests.revision_deployment(md, revision, replicas)
+            wanted.append(target_deployment)
+        elif replicas is not None:
+            body = _by_name(deployments, states[rev].deployment) if rev in states else None
+            # Resized only when its size changes: an earlier revision is otherwise left as it is.
+            if body is not None and states[rev].spec_replicas != replicas:
+                wanted.append(manifests.resized_deployment(dict(body), replicas))
+    wanted.append(manifests.service(md))
+    serving = outcome.stable or revision.revision
+    hpa = manifests.autoscaler(md, naming.deployment_name(md.name, serving))
     if hpa is not None:
         wanted.append(hpa)
 
@@ -101,25 +187,38 @@ def decide(md: ModelDeployment, children: Children, *, server_image: str) -> Dec
         if diff is not Difference.NONE:
             applies.append(Apply(manifest, diff))
 
-    previous_stable = (md.status.get("model") or {}).get("revision")
     target_up_to_date = all(a.manifest is not target_deployment for a in applies)
-    plan = plan_rollout(revision.revision, previous_stable, states, target_up_to_date=target_up_to_date)
+    target_state = states.get(revision.revision)
+    plan = RolloutPlan(
+        target=revision.revision,
+        stable=outcome.stable,
+        retire=outcome.retire,
+        target_complete=outcome.stable == revision.revision
+        and target_up_to_date
+        and target_state is not None
+        and target_state.complete,
+    )
 
     deletes = []
     for rev in plan.retire:
-        state = states[rev]
-        uid = ((_by_name(deployments, state.deployment) or {}).get("metadata") or {}).get("uid")
+        retired = states[rev]
+        uid = ((_by_name(deployments, retired.deployment) or {}).get("metadata") or {}).get("uid")
         why = (
-            f"revision {revision.revision} (version {revision.version}) is complete"
-            if plan.target_complete
+            f"revision {revision.revision} (version {revision.version}) took over"
+            if outcome.stable == revision.revision
             else f"replaced by revision {revision.revision} before it completed"
         )
-        deletes.append(Delete("Deployment", state.deployment, uid, why))
+        deletes.append(Delete("Deployment", retired.deployment, uid, why))
     if hpa is None:
         for (kind, name), body in sorted(live.items()):
             if kind == "HorizontalPodAutoscaler" and name == md.name:
                 uid = (body.get("metadata") or {}).get("uid")
                 deletes.append(Delete(kind, name, uid, "spec.autoscaling is unset"))
     return Decision(
-        revision=revision, plan=plan, revisions=states, apply=tuple(applies), delete=tuple(deletes)
+        revision=revision,
+        plan=plan,
+        revisions=states,
+        apply=tuple(applies),
+        delete=tuple(deletes),
+        rollout=outcome,
     )

@@ -239,6 +239,36 @@ def revision_deployment(md: ModelDeployment, revision: Revision, replicas: int |
     )
 
 
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def resized_deployment(live: Manifest, replicas: int) -> Manifest:
+    """An earlier revision's Deployment at a new size, rebuilt from the live object: the spec
+    that made its pod template is gone (the ModelDeployment now asks for another revision),
+    and applying a partial manifest under our field manager would delete the rest."""
+    meta = live.get("metadata") or {}
+    spec = _without_nulls(copy.deepcopy(live.get("spec") or {}))
+    spec["replicas"] = replicas
+    return _stamp(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "labels": dict(meta.get("labels") or {}),
+                "ownerReferences": [dict(ref) for ref in meta.get("ownerReferences") or ()],
+            },
+            "spec": spec,
+        }
+    )
+
+
 def service(md: ModelDeployment) -> Manifest:
     """One Service per ModelDeployment, in front of every serving revision."""
     return _stamp(

@@ -29,6 +29,9 @@ MANAGED_BY: Final = "modelship"
 # The hash of the manifest we applied last; a different hash means "apply again".
 ANNOTATION_APPLIED: Final = f"{GROUP}/applied-hash"
 
+# `<verb>@<nonce>`: a manual rollout action (promote, promote-full, abort, retry); see canary.
+ANNOTATION_ACTION: Final = f"{GROUP}/action"
+
 # Length of the revision hash: short enough that `<md>-<revision>` stays a DNS label.
 REVISION_LENGTH: Final = 10
 MAX_NAME_LENGTH: Final = 63 - REVISION_LENGTH - 1

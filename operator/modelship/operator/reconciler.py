@@ -11,15 +11,23 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from modelship.operator import canary, manifests, naming, observed, spec
 from modelship.operator import client as kube
-from modelship.operator import naming, observed, spec
 from modelship.operator import status as status_
 from modelship.operator.config import OperatorConfig
-from modelship.operator.decisions import Apply, Children, Decision, Delete, decide
+from modelship.operator.decisions import (
+    AnalysisSettings,
+    Apply,
+    Children,
+    Decision,
+    Delete,
+    decide,
+    measurement_due,
+)
 from modelship.operator.drift import Difference
 from modelship.operator.expectations import Expectations
 
@@ -60,6 +68,15 @@ class Writer(Protocol):
         self, kind: kube.ResourceKind, namespace: str, name: str, *, uid: str | None = None
     ) -> bool: ...
 
+    async def patch_json(
+        self, kind: kube.ResourceKind, namespace: str, name: str, operations: list[dict[str, Any]]
+    ) -> dict[str, Any] | None: ...
+
+
+# Measures a canary revision in Prometheus (see `analysis`); None: no analysis possible.
+Measure = Callable[[spec.ModelDeployment, str], Awaitable[canary.Verdict]]
+SettingsOf = Callable[[spec.ModelDeployment], AnalysisSettings]
+
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -83,13 +100,19 @@ class Reconciler:
         config: OperatorConfig,
         *,
         clock: Callable[[], str] = utc_now,
+        wallclock: Callable[[], float] = time.time,
         expectations: Expectations | None = None,
+        measure: Measure | None = None,
+        settings_of: SettingsOf | None = None,
     ) -> None:
         self._writer = writer
         self._cache = cache
         self._events = events
         self._config = config
         self._clock = clock
+        self._wallclock = wallclock
+        self._measure = measure
+        self._settings_of = settings_of or (lambda md: AnalysisSettings())
         self._expectations = expectations if expectations is not None else Expectations()
         self._seen: set[Key] = set()  # reconciled at least once since this process started
 
@@ -115,7 +138,27 @@ class Reconciler:
             self._log(key, outcome, "invalid spec")
             return None
         children = self._cache.children(key)
-        decision = decide(md, children, server_image=self._config.server_image)
+        now = self._wallclock()
+        try:
+            settings = self._settings_of(md)
+        except ValueError as exc:
+            await self._write_invalid(key, body, f"spec.rollout.canary.analysis: {exc}", outcome)
+            self._log(key, outcome, "invalid analysis settings")
+            return None
+        measurement = None
+        if self._measure is not None:
+            revision = manifests.desired_revision(md, server_image=self._config.server_image)
+            if measurement_due(md, revision, settings, now=now):
+                measurement = await self._measure(md, revision.revision)
+                outcome.actions.append(f"analysis {measurement.verdict}")
+        decision = decide(
+            md,
+            children,
+            server_image=self._config.server_image,
+            now=now,
+            measurement=measurement,
+            settings=settings,
+        )
         errors: list[str] = []
         # The children are independent of each other: write them at once, not one after another.
         results = await asyncio.gather(
@@ -130,8 +173,34 @@ class Reconciler:
             if isinstance(result, BaseException):
                 raise result  # transient: the queue retries the whole reconcile after a backoff
         await self._write_status(md, decision, children, errors, outcome, started_at)
+        await self._clear_action(md, decision, outcome)
         self._log(key, outcome, "")
-        return PERMANENT_ERROR_RETRY if errors else None
+        delays = [PERMANENT_ERROR_RETRY] if errors else []
+        if decision.rollout is not None and decision.rollout.requeue_after is not None:
+            delays.append(decision.rollout.requeue_after)
+        return min(delays) if delays else None
+
+    async def _clear_action(self, md: spec.ModelDeployment, decision: Decision, outcome: Outcome) -> None:
+        """Remove the modelship.io/action annotation once status shows it was handled.
+
+        Status is written first: a restart between the two writes then finds the action
+        recorded as handled and never performs it twice. The JSON patch tests the value, so an
+        action a user set meanwhile is not lost.
+        """
+        value = md.annotations.get(naming.ANNOTATION_ACTION)
+        handled = ((md.status.get("rollout") or {}).get("handledAction")) or None
+        if value is None or value != handled:
+            return
+        path = "/metadata/annotations/" + naming.ANNOTATION_ACTION.replace("~", "~0").replace("/", "~1")
+        operations = [{"op": "test", "path": path, "value": value}, {"op": "remove", "path": path}]
+        try:
+            await self._writer.patch_json(kube.MODEL_DEPLOYMENTS, md.namespace, md.name, operations)
+        except kube.ApiError as exc:
+            if exc.transient:
+                raise
+            return  # 422: the test failed, a newer action is there; the next reconcile handles it
+        outcome.writes += 1
+        outcome.actions.append("action handled")
 
     def _live(self, children: Children, kind: str, name: str) -> Body | None:
         bodies = {
@@ -218,6 +287,7 @@ class Reconciler:
             pod_failures=observed.pod_failures(pods),
             unschedulable=observed.unschedulable_message(pods, decision.plan.target),
             apply_errors=tuple(errors),
+            rollout=decision.rollout,
         )
         new = status_.compute_status(md, decision.revision, decision.plan, seen, now=self._clock())
         await self._patch_status(md.key, md.status, new, outcome, md=md, started_at=started_at)

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modelship.operator import naming
+from modelship.operator.durations import format_duration, parse_duration
 
 
 class SpecError(ValueError):
@@ -79,6 +80,73 @@ class Placement:
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
 
 
+STRATEGY_CANARY = "Canary"
+STRATEGY_RECREATE = "Recreate"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One canary step: exactly one of the three is set (the CRD checks it)."""
+
+    set_weight: int | None = None
+    pause: float | None = None  # seconds; math.inf waits for a manual promote
+    analysis: bool = False
+
+    def describe(self) -> str:
+        if self.set_weight is not None:
+            return f"setWeight {self.set_weight}"
+        if self.analysis:
+            return "analysis"
+        if self.pause is None or self.pause == float("inf"):
+            return "pause until promoted"
+        return f"pause {format_duration(self.pause)}"
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    strategy: str = STRATEGY_CANARY
+    steps: tuple[Step, ...] = ()
+    scale_down_delay: float = 30.0
+    http_route: str | None = None
+    analysis: Mapping[str, Any] | None = None  # read by analysis.parse_settings
+
+    @property
+    def recreate(self) -> bool:
+        return self.strategy == STRATEGY_RECREATE
+
+
+def _steps(raw: Any) -> tuple[Step, ...]:
+    steps = []
+    for index, item in enumerate(raw or ()):
+        item = item or {}
+        if "setWeight" in item:
+            steps.append(Step(set_weight=int(item["setWeight"])))
+        elif "analysis" in item:
+            steps.append(Step(analysis=True))
+        elif "pause" in item:
+            duration = (item.get("pause") or {}).get("duration")
+            try:
+                seconds = float("inf") if duration is None else parse_duration(duration)
+            except ValueError as exc:
+                raise SpecError(f"spec.rollout.canary.steps[{index}].pause.duration: {exc}") from None
+            steps.append(Step(pause=seconds))
+        else:
+            raise SpecError(f"spec.rollout.canary.steps[{index}] must be one of setWeight, pause or analysis")
+    return tuple(steps)
+
+
+def _rollout(raw: Mapping[str, Any]) -> RolloutSpec:
+    canary = raw.get("canary") or {}
+    gateway = (canary.get("trafficRouting") or {}).get("gatewayAPI") or {}
+    return RolloutSpec(
+        strategy=raw.get("strategy") or STRATEGY_CANARY,
+        steps=_steps(canary.get("steps")),
+        scale_down_delay=float(canary.get("scaleDownDelaySeconds", 30)),
+        http_route=gateway.get("httpRoute") or None,
+        analysis=canary.get("analysis"),
+    )
+
+
 @dataclass(frozen=True)
 class ModelDeployment:
     name: str
@@ -92,6 +160,8 @@ class ModelDeployment:
     server: ServerSettings
     placement: Placement
     status: Mapping[str, Any]
+    rollout: RolloutSpec = RolloutSpec()
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def desired_replicas(self) -> int | None:
@@ -177,4 +247,6 @@ def parse(body: Mapping[str, Any]) -> ModelDeployment:
             pod_annotations=pod_meta.get("annotations") or {},
         ),
         status=body.get("status") or {},
+        rollout=_rollout(spec.get("rollout") or {}),
+        annotations=meta.get("annotations") or {},
     )

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelship.operator import naming
+from modelship.operator import canary, naming
 from modelship.operator.manifests import Revision
 from modelship.operator.observed import PodFailure, RevisionState
 from modelship.operator.rollout import RolloutPlan
@@ -22,6 +22,7 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 
 PHASE_PROGRESSING = "Progressing"
+PHASE_PAUSED = "Paused"
 PHASE_HEALTHY = "Healthy"
 PHASE_DEGRADED = "Degraded"
 
@@ -40,6 +41,7 @@ class Observations:
     pod_failures: Sequence[PodFailure] = ()
     unschedulable: str | None = None
     apply_errors: Sequence[str] = ()
+    rollout: canary.Outcome | None = None
 
 
 def _target_failure(
@@ -89,6 +91,15 @@ def compute_status(
     version = revision.version
     rolling = plan.stable is not None and plan.stable != plan.target
 
+    outcome = seen.rollout
+    abort = outcome.abort if outcome is not None and rolling else None
+    paused = outcome.paused if outcome is not None and rolling else None
+    if abort is not None:
+        failure = Failure(
+            "RolloutAborted", f"version {version} (revision {plan.target}) was aborted: {abort}"
+        )
+    progress = _progress_note(md, outcome) if rolling and abort is None else ""
+
     if failure is not None and not plan.target_complete:
         ready = (False, failure.reason, failure.message + note)
     elif plan.target_complete:
@@ -98,15 +109,24 @@ def compute_status(
         detail = f"version {version}: {target_ready}/{desired} replicas ready"
         if seen.unschedulable:
             detail += f" (pods cannot be scheduled: {seen.unschedulable})"
-        ready = (False, "RolloutInProgress" if rolling else "PodsNotReady", detail + note)
+        reason = "RolloutPaused" if paused else "RolloutInProgress" if rolling else "PodsNotReady"
+        ready = (False, reason, detail + progress + note)
 
     if plan.target_complete:
         progressing = (False, "RolloutComplete", f"revision {plan.target} (version {version}) is complete")
+    elif abort is not None and failure is not None:
+        progressing = (False, "RolloutAborted", failure.message)
     elif failure is not None:
         progressing = (False, "RolloutStalled", failure.message)
+    elif paused:
+        progressing = (True, "RolloutPaused", f"revision {plan.target} (version {version}): {paused}")
     else:
         what = "rolling out" if rolling else "scaling up"
-        progressing = (True, "RolloutInProgress", f"revision {plan.target} (version {version}) is {what}")
+        progressing = (
+            True,
+            "RolloutInProgress",
+            f"revision {plan.target} (version {version}) is {what}{progress}",
+        )
 
     if failure is not None:
         degraded = (True, failure.reason, failure.message + note)
@@ -118,7 +138,15 @@ def compute_status(
         make_condition(kind, *values, generation=md.generation, previous=previous, now=now)
         for kind, values in ((READY, ready), (PROGRESSING, progressing), (DEGRADED, degraded))
     ]
-    phase = PHASE_DEGRADED if degraded[0] else PHASE_HEALTHY if ready[0] else PHASE_PROGRESSING
+    phase = (
+        PHASE_DEGRADED
+        if degraded[0]
+        else PHASE_HEALTHY
+        if ready[0]
+        else PHASE_PAUSED
+        if paused
+        else PHASE_PROGRESSING
+    )
     states = list(seen.revisions.values())
     ready_total = sum(s.ready_replicas for s in states)
     model: dict[str, Any] = {"name": revision.model_name}
@@ -139,7 +167,55 @@ def compute_status(
         "model": model,
         "revisions": _revisions(md, revision, plan, seen.revisions, desired),
         "conditions": conditions,
+        **({"rollout": rollout_status(md, outcome, seen.revisions)} if outcome is not None else {}),
     }
+
+
+def _progress_note(md: ModelDeployment, outcome: canary.Outcome | None) -> str:
+    if outcome is None:
+        return ""
+    steps = len(md.rollout.steps)
+    step = min(outcome.state.step + 1, steps)
+    where = f"step {step}/{steps}" if outcome.state.step < steps else "all steps done"
+    return f" ({where}, canary weight {outcome.weight}%)"
+
+
+def actual_weight(
+    md: ModelDeployment, outcome: canary.Outcome, revisions: Mapping[str, RevisionState]
+) -> tuple[int, str]:
+    """The share the canary really gets, and how traffic is split, in words."""
+    if outcome.canary is None:
+        return 0, "every request goes to the stable revision"
+    if md.rollout.http_route is not None:
+        return outcome.weight, f"exact weights on HTTPRoute {md.rollout.http_route}"
+    stable = revisions.get(outcome.stable or "")
+    cand = revisions.get(outcome.canary)
+    stable_ready = stable.ready_replicas if stable is not None else 0
+    canary_ready = cand.ready_replicas if cand is not None else 0
+    total = stable_ready + canary_ready
+    real = round(100 * canary_ready / total) if total else 0
+    text = (
+        f"by replica ratio: {canary_ready} canary and {stable_ready} stable pods ready behind one "
+        "Service, so the weight is approximate"
+    )
+    return real, text
+
+
+def rollout_status(
+    md: ModelDeployment, outcome: canary.Outcome, revisions: Mapping[str, RevisionState]
+) -> dict[str, Any]:
+    out = canary.state_to_status(outcome.state, md.rollout)
+    out["weight"] = outcome.weight
+    out["actualWeight"], out["traffic"] = actual_weight(md, outcome, revisions)
+    out["paused"] = outcome.paused is not None
+    if outcome.paused:
+        out["pauseReason"] = outcome.paused
+    message = (outcome.abort and f"aborted: {outcome.abort}") or outcome.paused or ""
+    if outcome.action_note:
+        message = f"{message}; {outcome.action_note}" if message else outcome.action_note
+    if message:
+        out["message"] = message
+    return out
 
 
 def _revisions(
@@ -244,5 +320,6 @@ OWNED_STATUS_FIELDS = frozenset(
         "model",
         "revisions",
         "conditions",
+        "rollout",
     }
 )

@@ -1,0 +1,362 @@
+"""The canary step function: scenarios a user meets, and invariants over random histories."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from modelship.operator import canary
+from modelship.operator.canary import FAIL, INCONCLUSIVE, PASS, Observed, Outcome, RolloutState, Verdict
+from modelship.operator.observed import RevisionState
+from modelship.operator.spec import RolloutSpec, Step
+
+T0 = 1_800_000_000.0
+INTERVAL = 10.0
+
+
+def rev(name: str, *, wanted: int, ready: int, version: str | None = None) -> RevisionState:
+    return RevisionState(
+        revision=name,
+        deployment=f"iris-{name}",
+        version=version or name,
+        model_name="iris",
+        spec_replicas=wanted,
+        replicas=wanted,
+        ready_replicas=ready,
+        available_replicas=ready,
+        observed_current=True,
+        being_deleted=False,
+        created="2026-01-01T00:00:00Z",
+        failure=None,
+    )
+
+
+class World:
+    """A ModelDeployment's revisions that do what the step function asks, a tick at a time."""
+
+    def __init__(self, rollout: RolloutSpec, size: int = 4, *, routed: bool = False) -> None:
+        self.rollout = rollout
+        self.size = size
+        self.routed = routed
+        self.now = T0
+        self.revisions: dict[str, RevisionState] = {"old": rev("old", wanted=size, ready=size)}
+        self.state = RolloutState(stable="old", stable_version="old")
+        self.target = "new"
+        self.failure: str | None = None
+        self.action: str | None = None
+        self.verdict = PASS
+        self.outcomes: list[Outcome] = []
+
+    def tick(self, seconds: float = 1.0, *, grow: int = 100) -> Outcome:
+        measurement = None
+        if canary.analysis_due(self.rollout, self.state, self.target, INTERVAL, self.now):
+            measurement = Verdict(self.verdict, f"success-rate {self.verdict}")
+        seen = Observed(
+            target=self.target,
+            target_version=self.target,
+            revisions=dict(self.revisions),
+            size=self.size,
+            target_failure=self.failure,
+            measurement=measurement,
+            action=self.action,
+            routed=self.routed,
+        )
+        outcome = canary.advance(self.rollout, self.state, seen, self.now, analysis_interval=INTERVAL)
+        self.outcomes.append(outcome)
+        # Status is written and read back as JSON: what survives that is all a restart has.
+        status = {"rollout": canary.state_to_status(outcome.state, self.rollout)}
+        self.state = RolloutState.from_status(status)
+        for name, replicas in outcome.replicas.items():
+            if replicas is None:
+                continue
+            before = self.revisions.get(name)
+            ready = before.ready_replicas if before is not None else 0
+            ready = min(replicas, ready + grow) if replicas >= ready else replicas
+            if name == self.target and self.failure is not None:
+                ready = 0
+            self.revisions[name] = rev(name, wanted=replicas, ready=ready)
+        for name in outcome.retire:
+            self.revisions.pop(name, None)
+        if outcome.clear_action:
+            self.action = None
+        self.now += seconds
+        return outcome
+
+    def run_until(self, done: object, *, ticks: int = 500, seconds: float = 1.0) -> Outcome:
+        for _ in range(ticks):
+            outcome = self.tick(seconds)
+            if callable(done) and done(outcome):
+                return outcome
+        raise AssertionError(f"not reached in {ticks} ticks; last: {self.outcomes[-1]}")
+
+
+STEPS = (
+    Step(set_weight=25),
+    Step(pause=30.0),
+    Step(analysis=True),
+    Step(set_weight=50),
+    Step(pause=math.inf),
+    Step(set_weight=75),
+)
+ANALYSED = RolloutSpec(steps=STEPS, analysis={"interval": "10s"})
+
+
+def test_a_good_canary_goes_through_every_step_and_takes_over() -> None:
+    world = World(ANALYSED)
+    seen_weights = []
+    paused = world.run_until(lambda o: o.paused and "manual promote" in o.paused)
+    seen_weights = [o.weight for o in world.outcomes]
+    assert 25 in seen_weights and 50 in seen_weights
+    assert paused.state.step == 4
+    # A pause without a duration waits for a person, however long it takes.
+    for _ in range(50):
+        assert world.tick(10).state.step == 4
+    world.action = "promote@1"
+    promoted = world.run_until(lambda o: o.stable == "new")
+    assert promoted.state.retiring == "old"
+    assert 75 in [o.weight for o in world.outcomes]
+    # The old revision keeps its pods for scaleDownDelaySeconds, then is deleted.
+    assert "old" not in world.run_until(lambda o: "old" in o.retire, seconds=5).replicas
+    assert world.state.stable == "new" and world.state.canary is None
+
+
+def test_the_weights_set_the_canary_share_of_replicas() -> None:
+    world = World(RolloutSpec(steps=(Step(set_weight=25), Step(pause=math.inf))), size=4)
+    outcome = world.run_until(lambda o: o.paused is not None)
+    assert outcome.replicas == {"new": 1, "old": 3}
+    assert world.revisions["old"].spec_replicas == 3
+
+
+def test_a_failing_canary_is_aborted_after_failure_limit_measurements() -> None:
+    world = World(ANALYSED)
+    world.run_until(lambda o: o.weight == 25)
+    world.verdict = FAIL
+    started = world.now
+    aborted = world.run_until(lambda o: o.abort is not None)
+    assert world.now - started <= 2 * INTERVAL + 2
+    assert aborted.replicas == {"old": 4, "new": 0}
+    assert aborted.weight == 0
+    assert "analysis failed 2 times in a row" in (aborted.abort or "")
+    # Aborted stays aborted: no step runs, and the stable revision keeps everything.
+    world.verdict = PASS
+    for _ in range(30):
+        outcome = world.tick(5)
+        assert outcome.replicas == {"old": 4, "new": 0} and outcome.abort
+
+
+def test_inconclusive_measurements_neither_pass_an_analysis_step_nor_abort() -> None:
+    world = World(RolloutSpec(steps=(Step(set_weight=10), Step(analysis=True), Step(set_weight=60))))
+    world.verdict = INCONCLUSIVE
+    world.run_until(lambda o: o.state.step == 1)
+    for _ in range(40):
+        outcome = world.tick(5)
+        assert outcome.state.step == 1 and outcome.abort is None
+    world.verdict = PASS
+    assert world.run_until(lambda o: o.stable == "new").abort is None
+
+
+def test_a_canary_whose_model_does_not_load_is_aborted_and_the_stable_keeps_serving() -> None:
+    world = World(ANALYSED)
+    world.tick()
+    world.failure = "ModelLoadFailed: version new: sha256 mismatch"
+    outcome = world.tick()
+    assert outcome.abort is not None and "sha256 mismatch" in outcome.abort
+    assert outcome.replicas == {"old": 4, "new": 0}
+
+
+def test_retry_starts_again_and_a_new_spec_change_starts_a_new_canary() -> None:
+    world = World(ANALYSED)
+    world.failure = "ModelLoadFailed: boom"
+    world.run_until(lambda o: o.abort is not None)
+    world.failure = None
+    world.action = "retry@1"
+    outcome = world.tick()
+    assert outcome.abort is None and outcome.state.step == 0 and outcome.state.aborted is None
+    # Abort again, then a different target: a fresh canary, not an aborted one.
+    world.action = "abort@2"
+    assert world.tick().abort == "aborted by a user (modelship.io/action)"
+    world.target = "newer"
+    outcome = world.tick()
+    assert outcome.abort is None and outcome.state.canary == "newer" and "new" in outcome.retire
+
+
+def test_promote_full_skips_every_step_but_still_waits_for_the_pods() -> None:
+    world = World(ANALYSED)
+    world.tick(grow=0)
+    world.action = "promote-full@x"
+    outcome = world.tick(grow=0)
+    assert outcome.state.step == len(STEPS) and outcome.replicas["new"] == 4
+    assert outcome.stable == "old"
+    assert world.tick().stable == "old"  # its pods became ready in that tick
+    assert world.tick().stable == "new"
+
+
+def test_an_action_is_performed_once_even_if_its_annotation_stays() -> None:
+    world = World(RolloutSpec(steps=(Step(pause=math.inf), Step(pause=math.inf), Step(pause=math.inf))))
+    world.tick()
+    world.action = "promote@once"
+    assert world.tick().state.step == 1
+    world.action = "promote@once"  # as after a restart before the annotation was removed
+    assert world.tick().state.step == 1
+    world.action = "promote@twice"
+    assert world.tick().state.step == 2
+
+
+def test_a_timed_pause_survives_a_restart_and_is_not_shortened() -> None:
+    world = World(RolloutSpec(steps=(Step(set_weight=10), Step(pause=60.0), Step(set_weight=50))))
+    world.run_until(lambda o: o.paused is not None)
+    started = world.state.step_started
+    assert started is not None
+    # A restart: a new World reads only what status kept.
+    status = {"rollout": canary.state_to_status(world.state, world.rollout)}
+    world.state = RolloutState.from_status(status)
+    outcome = world.tick(1)
+    assert outcome.state.step == 1 and outcome.requeue_after is not None
+    assert 0 < outcome.requeue_after <= 60
+    resumed = world.run_until(lambda o: o.state.step == 2, seconds=1)
+    assert world.now - 1 >= started + 60
+    assert resumed.weight in (10, 50)
+
+
+def test_no_steps_means_the_new_revision_comes_up_fully_then_takes_over() -> None:
+    world = World(RolloutSpec())
+    first = world.tick(grow=0)
+    assert first.replicas == {"new": 4, "old": 4}
+    assert world.run_until(lambda o: o.stable == "new").state.retiring == "old"
+
+
+def test_recreate_deletes_the_old_revision_at_once() -> None:
+    world = World(RolloutSpec(strategy="Recreate"))
+    outcome = world.tick(grow=0)
+    assert outcome.retire == ("old",) and outcome.replicas == {"new": 4}
+
+
+def test_with_an_http_route_the_stable_revision_keeps_every_pod() -> None:
+    world = World(RolloutSpec(steps=(Step(set_weight=50), Step(pause=math.inf))), routed=True)
+    outcome = world.run_until(lambda o: o.paused is not None)
+    assert outcome.replicas == {"new": 2, "old": 4} and outcome.weight == 50
+
+
+def test_replica_arithmetic() -> None:
+    assert canary.canary_replicas(10, 0) == 0
+    assert canary.canary_replicas(10, 1) == 1
+    assert canary.canary_replicas(10, 25) == 3
+    assert canary.canary_replicas(2, 100) == 2
+    assert canary.stable_replicas(10, 25, canary_ready=0) == 10
+    assert canary.stable_replicas(10, 25, canary_ready=3) == 8
+    assert canary.stable_replicas(1, 50, canary_ready=1) == 1
+
+
+def test_actions_are_read_from_the_annotation() -> None:
+    assert canary.parse_action("promote@2026-11-23T10:00:00.000Z") == "promote"
+    assert canary.parse_action("promote-full") == "promote-full"
+    assert canary.parse_action("reboot@1") is None
+    assert canary.parse_action(None) is None
+
+
+# Invariants over random histories -----------------------------------------------------------
+
+step_strategy = st.one_of(
+    st.builds(lambda w: Step(set_weight=w), st.integers(0, 100)),
+    st.builds(lambda d: Step(pause=float(d)), st.integers(0, 40)),
+    st.just(Step(pause=math.inf)),
+    st.just(Step(analysis=True)),
+)
+event = st.one_of(
+    st.tuples(st.just("tick"), st.integers(0, 15), st.integers(0, 3)),
+    st.tuples(st.just("verdict"), st.sampled_from([PASS, FAIL, INCONCLUSIVE]), st.just(0)),
+    st.tuples(st.just("action"), st.sampled_from(["promote", "promote-full", "abort", "retry"]), st.just(0)),
+    st.tuples(st.just("fail"), st.just(""), st.just(0)),
+    st.tuples(st.just("restart"), st.just(""), st.just(0)),
+)
+
+
+def check_invariants(world: World, outcome: Outcome, previous: RolloutState) -> None:
+    size = world.size
+    replicas: Mapping[str, int | None] = outcome.replicas
+    stable = outcome.stable
+    if outcome.abort is not None:
+        # An abort always gives every request back to the stable revision, at full size.
+        assert stable is not None and replicas[stable] == size
+        assert replicas.get(world.target, 0) == 0 and outcome.weight == 0
+        return
+    if stable is not None and outcome.canary is not None:
+        stable_want = replicas[stable]
+        assert stable_want is not None
+        w = outcome.weight if outcome.state.step < len(world.rollout.steps) else 0
+        # The stable revision never goes below its share of the traffic the steps leave it...
+        assert stable_want >= math.ceil(size * (100 - min(w, 100)) / 100) or w == 100
+        # ...nor below what the canary's ready pods cannot yet take over.
+        canary_state = world.revisions.get(world.target)
+        canary_ready = canary_state.ready_replicas if canary_state is not None else 0
+        assert stable_want + min(canary_ready, replicas.get(world.target) or 0) >= size
+        if previous.canary == outcome.canary and previous.aborted is None:
+            assert outcome.state.step >= previous.step  # a finished step is never repeated
+    for name in outcome.retire:
+        assert name != stable or stable is None
+        assert name not in replicas
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(step_strategy, max_size=6),
+    size=st.integers(1, 6),
+    events=st.lists(event, max_size=40),
+    analysed=st.booleans(),
+)
+def test_invariants_hold_over_any_history(
+    steps: list[Step], size: int, events: list[tuple[str, str | int, int]], analysed: bool
+) -> None:
+    rollout = RolloutSpec(steps=tuple(steps), analysis={"interval": "10s"} if analysed else None)
+    world = World(rollout, size=size)
+    nonce = 0
+    for kind, value, grow in events:
+        previous = world.state
+        if kind == "tick":
+            pause_step = (
+                previous.canary == world.target
+                and previous.step < len(steps)
+                and steps[previous.step].pause is not None
+            )
+            had_action = world.action is not None
+            outcome = world.tick(float(value), grow=grow)
+            check_invariants(world, outcome, previous)
+            # A timed pause is never left before its time, unless a person promoted it.
+            if pause_step and outcome.state.step > previous.step and previous.step_started is not None:
+                pause = steps[previous.step].pause
+                assert pause is not None
+                assert world.now - float(value) >= previous.step_started + pause or had_action
+        elif kind == "verdict":
+            world.verdict = str(value)
+        elif kind == "action":
+            nonce += 1
+            world.action = f"{value}@{nonce}"
+        elif kind == "fail":
+            world.failure = "ModelLoadFailed: broken"
+        elif kind == "restart":
+            status = {"rollout": canary.state_to_status(world.state, rollout)}
+            world.state = RolloutState.from_status(status)
+
+
+def test_status_round_trip_keeps_the_state() -> None:
+    state = RolloutState(
+        stable="a",
+        stable_version="1",
+        canary="b",
+        canary_version="2",
+        step=3,
+        step_started=T0 + 0.25,
+        weight=40,
+        handled_action="promote@x",
+        failures=1,
+        runs=4,
+        last_run=T0 + 1.5,
+        verdict=FAIL,
+        summary="success-rate 0.5 < 0.99",
+        results=({"name": "success-rate", "value": 0.5, "threshold": ">= 0.99", "result": FAIL},),
+    )
+    back = RolloutState.from_status({"rollout": canary.state_to_status(state, RolloutSpec(steps=STEPS))})
+    assert dataclasses.asdict(back) == dataclasses.asdict(state)
