@@ -24,6 +24,8 @@ class OperatorConfig:
     peering_lifetime: int = 60
     # Reconciles running at once (each is a handful of API calls).
     concurrency: int = 16
+    # Where canary analysis queries the servers' metrics, unless a ModelDeployment names one.
+    prometheus_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -47,4 +49,5 @@ class OperatorConfig:
             peering_priority=integer("MODELSHIP_PEERING_PRIORITY", None, 0),
             peering_lifetime=integer("MODELSHIP_PEERING_LIFETIME", 60, 2) or 60,
             concurrency=integer("MODELSHIP_CONCURRENCY", 16, 1) or 16,
+            prometheus_url=env.get("MODELSHIP_PROMETHEUS_URL", "").strip() or None,
         )

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelship.operator import canary, manifests, naming, observed
+from modelship.operator import canary, manifests, naming, observed, traffic
 from modelship.operator.drift import Difference, difference
 from modelship.operator.manifests import Manifest, Revision
 from modelship.operator.observed import RevisionState, revision_states
@@ -60,6 +60,8 @@ class Decision:
     apply: tuple[Apply, ...] = ()
     delete: tuple[Delete, ...] = field(default=())
     rollout: canary.Outcome | None = None
+    route_rules: list[Manifest] | None = None  # the HTTPRoute's new spec.rules, when they change
+    route_missing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,15 +96,15 @@ def _size(md: ModelDeployment, states: Mapping[str, RevisionState], stable: str 
     return max(md.autoscaling.min_replicas, serving.spec_replicas if serving is not None else 0)
 
 
+def _revision_of(body: Body) -> str:
+    return ((body.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_REVISION, "")
+
+
 def target_failure(
     revision: Revision, states: Mapping[str, RevisionState], pods: Sequence[Body]
 ) -> str | None:
     """Why the target revision's pods cannot serve, in their own words; None while all is well."""
-    mine = [
-        p
-        for p in pods
-        if ((p.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_REVISION) == revision.revision
-    ]
+    mine = [p for p in pods if _revision_of(p) == revision.revision]
     for failure in observed.pod_failures(mine):
         return f"{failure.reason}: version {revision.version}, pod {failure.pod}: {failure.message}"
     state = states.get(revision.revision)
@@ -129,7 +131,9 @@ def decide(
     now: float,
     measurement: canary.Verdict | None = None,
     settings: AnalysisSettings = AnalysisSettings(),
+    route: Body | None = None,
 ) -> Decision:
+    """`route` is the live HTTPRoute named in spec.rollout.canary.trafficRouting, if any."""
     revision = manifests.desired_revision(md, server_image=server_image)
     deployments = [d for d in children.deployments if _owned(d, md)]
     states = revision_states(deployments)
@@ -167,6 +171,9 @@ def decide(
                 wanted.append(manifests.resized_deployment(dict(body), replicas))
     wanted.append(manifests.service(md))
     serving = outcome.stable or revision.revision
+    routed = md.rollout.http_route is not None
+    if routed:
+        wanted.extend(traffic.revision_service(md, rev) for rev in sorted(outcome.replicas))
     hpa = manifests.autoscaler(md, naming.deployment_name(md.name, serving))
     if hpa is not None:
         wanted.append(hpa)
@@ -209,6 +216,34 @@ def decide(
             else f"replaced by revision {revision.revision} before it completed"
         )
         deletes.append(Delete("Deployment", retired.deployment, uid, why))
+    revision_services = {
+        name: body
+        for (kind, name), body in live.items()
+        if kind == "Service" and name != md.name and _revision_of(body)
+    }
+    for name, body in sorted(revision_services.items()):
+        if not routed or _revision_of(body) not in outcome.replicas:
+            uid = (body.get("metadata") or {}).get("uid")
+            deletes.append(Delete("Service", name, uid, "its revision no longer takes traffic"))
+    route_rules = None
+    route_missing = None
+    if routed and route is None:
+        route_missing = f"HTTPRoute {md.rollout.http_route} not found in namespace {md.namespace}"
+    elif route is not None:
+        stable_service = naming.deployment_name(md.name, serving)
+        canary_service = (
+            naming.deployment_name(md.name, outcome.canary)
+            if outcome.canary is not None and outcome.abort is None and outcome.weight > 0
+            else None
+        )
+        route_rules = traffic.route_rules(
+            route,
+            md.name,
+            set(revision_services),
+            stable_service,
+            canary_service,
+            outcome.weight if canary_service is not None else 0,
+        )
     if hpa is None:
         for (kind, name), body in sorted(live.items()):
             if kind == "HorizontalPodAutoscaler" and name == md.name:
@@ -221,4 +256,6 @@ def decide(
         apply=tuple(applies),
         delete=tuple(deletes),
         rollout=outcome,
+        route_rules=route_rules,
+        route_missing=route_missing,
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
-from modelship.operator import auth, naming, watching
+from modelship.operator import auth, measuring, naming, watching
 from modelship.operator import client as kube
 from modelship.operator.cache import MODEL_DEPLOYMENT, ObjectCache
 from modelship.operator.config import OperatorConfig
@@ -45,6 +45,7 @@ class Runtime:
     cache: ObjectCache
     reconciler: Reconciler
     queue: WorkQueue[Key]
+    measurer: measuring.Measurer
 
 
 def post_event(md: ModelDeployment, type: str, reason: str, message: str) -> None:
@@ -140,9 +141,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     cache = ObjectCache()
     served = watching.Served.from_options(settings.peering.clusterwide, list(params.get("namespaces") or ()))
     listed = await watching.prefill(client, cache, served, MANAGED_SELECTOR)
-    reconciler = Reconciler(client, cache, post_event, config)
+    measurer = measuring.Measurer(config.prometheus_url)
+    reconciler = Reconciler(
+        client, cache, post_event, config, measure=measurer, settings_of=measuring.step_settings
+    )
     queue: WorkQueue[Key] = WorkQueue(reconciler.reconcile, concurrency=config.concurrency)
-    memo.runtime = Runtime(config=config, client=client, cache=cache, reconciler=reconciler, queue=queue)
+    memo.runtime = Runtime(
+        config=config, client=client, cache=cache, reconciler=reconciler, queue=queue, measurer=measurer
+    )
     logger.info(
         "server image %s, %d reconciles at once, %d children listed",
         config.server_image,
@@ -157,6 +163,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if runtime is not None:
         await runtime.queue.close()
         await runtime.client.close()
+        await runtime.measurer.close()
         logger.info("api writes: %s", dict(runtime.client.writes))
 
 

@@ -68,6 +68,12 @@ class Writer(Protocol):
         self, kind: kube.ResourceKind, namespace: str, name: str, *, uid: str | None = None
     ) -> bool: ...
 
+    async def get(
+        self, kind: kube.ResourceKind, namespace: str | None, name: str
+    ) -> dict[str, Any] | None: ...
+
+    async def replace(self, manifest: Mapping[str, Any]) -> dict[str, Any]: ...
+
     async def patch_json(
         self, kind: kube.ResourceKind, namespace: str, name: str, operations: list[dict[str, Any]]
     ) -> dict[str, Any] | None: ...
@@ -151,6 +157,9 @@ class Reconciler:
             if measurement_due(md, revision, settings, now=now):
                 measurement = await self._measure(md, revision.revision)
                 outcome.actions.append(f"analysis {measurement.verdict}")
+        route = None
+        if md.rollout.http_route is not None:
+            route = await self._writer.get(kube.HTTPROUTES, md.namespace, md.rollout.http_route)
         decision = decide(
             md,
             children,
@@ -158,6 +167,7 @@ class Reconciler:
             now=now,
             measurement=measurement,
             settings=settings,
+            route=route,
         )
         errors: list[str] = []
         # The children are independent of each other: write them at once, not one after another.
@@ -172,6 +182,10 @@ class Reconciler:
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # transient: the queue retries the whole reconcile after a backoff
+        if decision.route_missing is not None:
+            errors.append(decision.route_missing)
+        elif route is not None and decision.route_rules is not None:
+            await self._set_route(md, route, decision.route_rules, errors, outcome)
         await self._write_status(md, decision, children, errors, outcome, started_at)
         await self._clear_action(md, decision, outcome)
         self._log(key, outcome, "")
@@ -179,6 +193,27 @@ class Reconciler:
         if decision.rollout is not None and decision.rollout.requeue_after is not None:
             delays.append(decision.rollout.requeue_after)
         return min(delays) if delays else None
+
+    async def _set_route(
+        self,
+        md: spec.ModelDeployment,
+        route: Body,
+        rules: list[dict[str, Any]],
+        errors: list[str],
+        outcome: Outcome,
+    ) -> None:
+        """Written after the per-revision Services exist, so the route never points at nothing."""
+        updated = {**route, "spec": {**(route.get("spec") or {}), "rules": rules}}
+        updated.pop("status", None)
+        try:
+            await self._writer.replace(updated)
+        except kube.ApiError as exc:
+            if exc.transient:
+                raise  # a conflict: read the route again in the retry
+            errors.append(f"HTTPRoute {md.rollout.http_route}: {exc.message}")
+            return
+        outcome.writes += 1
+        outcome.actions.append(f"route {md.rollout.http_route}")
 
     async def _clear_action(self, md: spec.ModelDeployment, decision: Decision, outcome: Outcome) -> None:
         """Remove the modelship.io/action annotation once status shows it was handled.
@@ -267,7 +302,7 @@ class Reconciler:
             )
             message = f"deleted Deployment {deletion.name} (version {version}): {deletion.why}"
             self._event(md, "Normal", "RevisionRetired", message, outcome)
-        else:
+        elif deletion.kind == "HorizontalPodAutoscaler":
             message = f"deleted HPA {deletion.name}: {deletion.why}"
             self._event(md, "Normal", "AutoscalerRemoved", message, outcome)
 
