@@ -1,0 +1,464 @@
+"""Canary analysis: the checks of `spec.rollout.canary.analysis`, measured in Prometheus.
+
+Everything but `measure` is pure: settings become PromQL queries (`plan`), and the numbers
+Prometheus answers become results (`evaluate`). A measurement never raises and never passes on
+doubt: too little traffic, no data, a failed query or an unreachable Prometheus make it
+Inconclusive, which neither promotes nor aborts a rollout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+from modelship.operator.durations import format_duration, parse_duration
+
+
+class Result(StrEnum):
+    PASS = "Pass"
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+
+
+# How bad each result is: a measurement is as bad as its worst check.
+_SEVERITY = {Result.PASS: 0, Result.INCONCLUSIVE: 1, Result.FAIL: 2}
+
+SUCCESS_RATE = "success-rate"
+LATENCY_P99 = "latency-p99"
+BUILT_IN = frozenset({SUCCESS_RATE, LATENCY_P99})
+PLACEHOLDERS = frozenset({"namespace", "name", "revision", "window"})
+
+# rate() needs two samples in its window; at the usual 1s to 15s scrape intervals 10s is the
+# shortest window that has them.
+MIN_WINDOW_SECONDS = 10
+DEFAULT_TIMEOUT = 5.0
+NO_PROMETHEUS = "no Prometheus: set analysis.prometheus.url or the operator's MODELSHIP_PROMETHEUS_URL"
+_MAX_ERROR = 300
+
+_SELECTOR = 'namespace="{{namespace}}",revision="{{revision}}"'
+REQUESTS_QUERY = f"sum(increase(modelship_requests_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+# A revision that answered nothing but 5xx has no non-5xx series at all: `or vector(0)` makes that
+# a success rate of 0 instead of no data (which would only ever be inconclusive).
+SUCCESS_RATE_QUERY = (
+    f'(sum(rate(modelship_requests_total{{{_SELECTOR},code!~"5.."}}[{{{{window}}}}])) or vector(0))'
+    f" / sum(rate(modelship_requests_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+)
+LATENCY_P99_QUERY = (
+    "histogram_quantile(0.99, sum by (le) "
+    f"(rate(modelship_request_duration_seconds_bucket{{{_SELECTOR}}}[{{{{window}}}}])))"
+)
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
+
+
+class AnalysisSpecError(ValueError):
+    """`spec.rollout.canary.analysis` is malformed; the message names the field."""
+
+
+class QueryError(Exception):
+    """Prometheus refused a query or answered something that is not one number."""
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass(frozen=True)
+class Query:
+    """A user's check: one PromQL expression (with placeholders) that passes when min <= value <= max."""
+
+    name: str
+    query: str
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    prometheus_url: str | None = None  # None: the operator's MODELSHIP_PROMETHEUS_URL
+    interval: float = 30.0  # seconds between measurements
+    failure_limit: int = 2
+    min_requests: int = 20
+    success_rate: float = 0.99
+    max_latency_p99: float | None = None  # seconds
+    queries: tuple[Query, ...] = ()
+
+    @property
+    def window(self) -> str:
+        """The range every query looks back over: the interval, at least 10s, in whole seconds."""
+        return format_duration(max(math.ceil(self.interval), MIN_WINDOW_SECONDS))
+
+
+def parse_settings(mapping: Mapping[str, Any] | None) -> AnalysisSettings:
+    """The settings of `spec.rollout.canary.analysis` (None or {}: the defaults); AnalysisSpecError."""
+    raw = mapping or {}
+    defaults = AnalysisSettings()
+    prometheus = raw.get("prometheus") or {}
+    if not isinstance(prometheus, Mapping):
+        raise AnalysisSpecError("prometheus must be an object with a url")
+    url = prometheus.get("url") or None
+    if url is not None and not re.match(r"^https?://[^/]+", str(url)):
+        raise AnalysisSpecError(f"prometheus.url must be an http:// or https:// URL, got {url!r}")
+    interval = _duration(raw, "interval", defaults.interval) or 0.0
+    if interval <= 0:
+        raise AnalysisSpecError("interval must be positive")
+    latency = _duration(raw, "maxLatencyP99", None)
+    failure_limit = _integer(raw, "failureLimit", defaults.failure_limit, minimum=1)
+    min_requests = _integer(raw, "minRequests", defaults.min_requests, minimum=0)
+    success_rate = _number(raw, "successRate", defaults.success_rate)
+    if success_rate is None or not 0 <= success_rate <= 1:
+        raise AnalysisSpecError(f"successRate must be between 0 and 1, got {raw.get('successRate')!r}")
+    return AnalysisSettings(
+        prometheus_url=str(url) if url else None,
+        interval=interval,
+        failure_limit=failure_limit,
+        min_requests=min_requests,
+        success_rate=success_rate,
+        max_latency_p99=latency,
+        queries=_queries(raw.get("queries")),
+    )
+
+
+def _duration(raw: Mapping[str, Any], key: str, default: float | None) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return default
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise AnalysisSpecError(f"{key}: {exc}") from None
+
+
+def _integer(raw: Mapping[str, Any], key: str, default: int, *, minimum: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise AnalysisSpecError(f"{key} must be an integer of at least {minimum}, got {value!r}")
+    return value
+
+
+def _number(raw: Mapping[str, Any], key: str, default: float | None) -> float | None:
+    value = raw.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise AnalysisSpecError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _queries(raw: Any) -> tuple[Query, ...]:
+    queries: list[Query] = []
+    for index, item in enumerate(raw or ()):
+        where = f"queries[{index}]"
+        if not isinstance(item, Mapping):
+            raise AnalysisSpecError(f"{where} must be an object with name and query")
+        name, text = item.get("name"), item.get("query")
+        if not isinstance(name, str) or not name:
+            raise AnalysisSpecError(f"{where}.name must be a non-empty string")
+        if name in BUILT_IN or name in (q.name for q in queries):
+            raise AnalysisSpecError(f"{where}.name {name!r} is taken (by a built-in check or another query)")
+        if not isinstance(text, str) or not text.strip():
+            raise AnalysisSpecError(f"{where}.query must be a PromQL expression")
+        unknown = sorted(set(_PLACEHOLDER.findall(text)) - PLACEHOLDERS)
+        if unknown:
+            raise AnalysisSpecError(
+                f"{where}.query uses unknown placeholders {unknown}; "
+                f"known are {{{{namespace}}}}, {{{{name}}}}, {{{{revision}}}} and {{{{window}}}}"
+            )
+        low, high = _number(item, "min", None), _number(item, "max", None)
+        if low is None and high is None:
+            raise AnalysisSpecError(f"{where} needs min or max (or both)")
+        if low is not None and high is not None and low > high:
+            raise AnalysisSpecError(f"{where}: min {low:g} is above max {high:g}")
+        queries.append(Query(name=name, query=text, min=low, max=high))
+    return tuple(queries)
+
+
+# ---------------------------------------------------------------------------------------------
+# the checks of one measurement
+
+
+def render(template: str, *, namespace: str, name: str, revision: str, window: str) -> str:
+    """The template with its `{{placeholder}}`s replaced (unknown ones are left as they are)."""
+    values = {"namespace": namespace, "name": name, "revision": revision, "window": window}
+    return _PLACEHOLDER.sub(lambda match: values.get(match.group(1), match.group(0)), template)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rendered query and the range its value must fall into."""
+
+    name: str
+    query: str
+    min: float | None = None
+    max: float | None = None
+    unit: str = ""  # shown after numbers: "s" for latencies
+
+    @property
+    def threshold(self) -> str:
+        """The pass condition as people read it: `>= 0.99`, `<= 0.5s`, `>= 0 and <= 5`."""
+        parts = []
+        if self.min is not None:
+            parts.append(f">= {self.format(self.min)}")
+        if self.max is not None:
+            parts.append(f"<= {self.format(self.max)}")
+        return " and ".join(parts) or "any value"
+
+    def judge(self, value: float | None) -> Result:
+        if value is None or math.isnan(value):
+            return Result.INCONCLUSIVE
+        if self.min is not None and value < self.min:
+            return Result.FAIL
+        if self.max is not None and value > self.max:
+            return Result.FAIL
+        return Result.PASS
+
+    def format(self, value: float) -> str:
+        return _format_number(value) + self.unit
+
+    def explain(self, value: float | None) -> str:
+        """`success-rate 0.42 < 0.99`: the value against the bound it misses (or meets)."""
+        if value is None or math.isnan(value):
+            return f"{self.name} has no data"
+        if self.min is not None and value < self.min:
+            return f"{self.name} {self._distinct(value, self.min)} < {self.format(self.min)}"
+        if self.max is not None and value > self.max:
+            return f"{self.name} {self._distinct(value, self.max)} > {self.format(self.max)}"
+        return f"{self.name} {self.format(value)} {self.threshold}"
+
+    def _distinct(self, value: float, bound: float) -> str:
+        """The value with enough digits that it does not read as equal to the bound it misses."""
+        for digits in (4, 6, 10):
+            text = _format_number(value, digits)
+            if text != _format_number(bound, digits):
+                return text + self.unit
+        return repr(value) + self.unit
+
+
+def _format_number(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}g}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every query of one measurement of one revision."""
+
+    revision: str
+    window: str
+    min_requests: int
+    requests: str  # the query of the request count in the window
+    checks: tuple[Check, ...]
+
+
+def plan(settings: AnalysisSettings, *, namespace: str, name: str, revision: str) -> Plan:
+    window = settings.window
+
+    def fill(template: str) -> str:
+        return render(template, namespace=namespace, name=name, revision=revision, window=window)
+
+    checks = [Check(SUCCESS_RATE, fill(SUCCESS_RATE_QUERY), min=settings.success_rate)]
+    if settings.max_latency_p99 is not None:
+        checks.append(Check(LATENCY_P99, fill(LATENCY_P99_QUERY), max=settings.max_latency_p99, unit="s"))
+    checks += [Check(q.name, fill(q.query), min=q.min, max=q.max) for q in settings.queries]
+    return Plan(
+        revision=revision,
+        window=window,
+        min_requests=settings.min_requests,
+        requests=fill(REQUESTS_QUERY),
+        checks=tuple(checks),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one query gave: a number, no data (None), or why there is no answer."""
+
+    value: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    value: float | None
+    threshold: str
+    result: Result
+
+    def to_status(self) -> dict[str, Any]:
+        """Its entry in `status.rollout.analysis.results`; JSON has no NaN nor infinity: left out."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.value is not None and math.isfinite(self.value):
+            out["value"] = float(f"{self.value:.6g}")
+        out["threshold"] = self.threshold
+        out["result"] = str(self.result)
+        return out
+
+
+@dataclass(frozen=True)
+class Measurement:
+    results: tuple[CheckResult, ...]
+    requests: float | None  # requests to the revision in the window; None: unknown
+    summary: str  # one line for a condition or an event
+
+    @property
+    def verdict(self) -> Result:
+        return worst(r.result for r in self.results)
+
+    def status_results(self) -> list[dict[str, Any]]:
+        return [r.to_status() for r in self.results]
+
+
+def worst(results: Iterable[Result]) -> Result:
+    """Fail over Inconclusive over Pass; nothing measured is Inconclusive, never a pass."""
+    return max(results, key=_SEVERITY.__getitem__, default=Result.INCONCLUSIVE)
+
+
+def evaluate(plan: Plan, requests: Sample, samples: Sequence[Sample]) -> Measurement:
+    """Judge one measurement: `samples` are the values of `plan.checks`, in order."""
+    if len(samples) != len(plan.checks):
+        raise ValueError(f"{len(plan.checks)} checks but {len(samples)} samples")
+    count = None if requests.error else (requests.value or 0.0)
+    enough = count is not None and count >= plan.min_requests
+    results = tuple(
+        CheckResult(
+            check.name,
+            sample.value,
+            check.threshold,
+            check.judge(sample.value) if enough and not sample.error else Result.INCONCLUSIVE,
+        )
+        for check, sample in zip(plan.checks, samples, strict=True)
+    )
+    context = f"revision {plan.revision}"
+    if count is not None:
+        context += f", {_format_count(count)} requests in {plan.window}"
+    return Measurement(results, count, f"{_headline(plan, results, requests, samples)} ({context})")
+
+
+def _headline(plan: Plan, results: Sequence[CheckResult], requests: Sample, samples: Sequence[Sample]) -> str:
+    verdict = worst(r.result for r in results)
+    explained = [
+        check.explain(sample.value)
+        for check, sample, result in zip(plan.checks, samples, results, strict=True)
+        if result.result == verdict and not sample.error
+    ]
+    if verdict == Result.FAIL:
+        return ", ".join(explained)
+    if verdict == Result.PASS:
+        return "pass: " + ", ".join(explained)
+    # Too little traffic makes every check inconclusive; otherwise the ones without data are.
+    if requests.error:
+        reasons = []
+    elif (requests.value or 0.0) < plan.min_requests:
+        reasons = [f"fewer requests than minRequests {plan.min_requests}"]
+    else:
+        reasons = explained
+    errors = _errors(plan, requests, samples)
+    return "inconclusive: " + "; ".join([*reasons, errors] if errors else reasons)
+
+
+def _errors(plan: Plan, requests: Sample, samples: Sequence[Sample]) -> str:
+    """The failed queries' errors; one error that every query shares (no Prometheus) is said once."""
+    named = [("requests", requests.error)] + [
+        (check.name, sample.error) for check, sample in zip(plan.checks, samples, strict=True)
+    ]
+    failed = [(name, _shorten(error)) for name, error in named if error]
+    if not failed:
+        return ""
+    texts = {error for _, error in failed}
+    if len(failed) == len(named) and len(texts) == 1:
+        return failed[0][1]
+    return "; ".join(f"{name}: {error}" for name, error in failed)
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
+
+
+def _format_count(count: float) -> str:
+    # increase() extrapolates to the window's edges, so counts come back fractional.
+    return str(round(count))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus
+
+
+def parse_response(body: Any) -> float | None:
+    """The one number of an /api/v1/query answer; None when it has no data (no series, or NaN)."""
+    if not isinstance(body, Mapping):
+        raise QueryError("Prometheus answered something that is not a JSON object")
+    if body.get("status") != "success":
+        kind = body.get("errorType") or "error"
+        raise QueryError(f"{kind}: {body.get('error') or 'no error message'}")
+    data = body.get("data") or {}
+    kind = data.get("resultType")
+    result: Any = data.get("result")
+    if kind not in ("scalar", "vector"):
+        raise QueryError(f"the query returned a {kind}; a check needs one number")
+    if kind == "vector":
+        if not result:
+            return None
+        if len(result) > 1:
+            raise QueryError(
+                f"the query returned {len(result)} series; a check needs one number "
+                "(aggregate it, e.g. with sum)"
+            )
+    try:
+        value = float(result[1] if kind == "scalar" else result[0]["value"][1])
+    except (TypeError, KeyError, IndexError, ValueError):  # not the shape its resultType promises
+        raise QueryError(f"Prometheus answered a malformed {kind}") from None
+    return None if math.isnan(value) else value
+
+
+async def query(
+    session: aiohttp.ClientSession, prometheus_url: str, promql: str, *, timeout: float = DEFAULT_TIMEOUT
+) -> Sample:
+    """One instant query; every failure is a Sample with an error, never an exception."""
+    url = prometheus_url.rstrip("/") + "/api/v1/query"
+    params = {"query": promql, "timeout": f"{timeout:g}s"}
+    try:
+        async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            text = await response.text()
+            try:
+                body = json.loads(text)
+            except ValueError:
+                return Sample(error=f"{url} answered HTTP {response.status}: {_shorten(text) or 'no body'}")
+            return Sample(value=parse_response(body))
+    except QueryError as exc:
+        return Sample(error=str(exc))
+    except TimeoutError:
+        return Sample(error=f"Prometheus at {prometheus_url} did not answer within {timeout:g}s")
+    except (aiohttp.ClientError, ValueError) as exc:
+        reason = str(exc) or type(exc).__name__
+        return Sample(error=f"Prometheus at {prometheus_url} is unreachable: {reason}")
+
+
+async def measure(
+    session: aiohttp.ClientSession,
+    prometheus_url: str | None,
+    settings: AnalysisSettings,
+    namespace: str,
+    name: str,
+    revision: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Measurement:
+    """Measure one revision now: every query at once, judged by `evaluate`. Never raises."""
+    planned = plan(settings, namespace=namespace, name=name, revision=revision)
+    if not prometheus_url:
+        missing = Sample(error=NO_PROMETHEUS)
+        return evaluate(planned, missing, [missing] * len(planned.checks))
+    queries = [planned.requests, *(check.query for check in planned.checks)]
+    samples = await asyncio.gather(*(query(session, prometheus_url, q, timeout=timeout) for q in queries))
+    return evaluate(planned, samples[0], samples[1:])

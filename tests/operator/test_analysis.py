@@ -1,0 +1,443 @@
+"""Canary analysis without Prometheus: settings, queries, and how numbers become results."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from modelship.operator import analysis
+from modelship.operator.analysis import (
+    AnalysisSettings,
+    AnalysisSpecError,
+    Check,
+    CheckResult,
+    Measurement,
+    Query,
+    QueryError,
+    Result,
+    Sample,
+    evaluate,
+    parse_response,
+    parse_settings,
+    plan,
+    render,
+    worst,
+)
+
+# ---------------------------------------------------------------------------------------------
+# settings
+
+
+def test_no_settings_are_the_designs_defaults() -> None:
+    assert parse_settings(None) == parse_settings({}) == AnalysisSettings()
+    defaults = AnalysisSettings()
+    assert (defaults.interval, defaults.failure_limit, defaults.min_requests) == (30.0, 2, 20)
+    assert defaults.success_rate == 0.99
+    assert defaults.max_latency_p99 is None and defaults.prometheus_url is None and defaults.queries == ()
+
+
+def test_every_field_is_read() -> None:
+    settings = parse_settings(
+        {
+            "prometheus": {"url": "http://prometheus.monitoring:9090"},
+            "interval": "1m30s",
+            "failureLimit": 3,
+            "minRequests": 0,
+            "successRate": 0.95,
+            "maxLatencyP99": "250ms",
+            "queries": [
+                {"name": "error-budget", "query": 'sum(x{revision="{{revision}}"})', "min": 0, "max": 5},
+                {"name": "floor", "query": "vector(1)", "min": 0.5},
+            ],
+        }
+    )
+    assert settings == AnalysisSettings(
+        prometheus_url="http://prometheus.monitoring:9090",
+        interval=90.0,
+        failure_limit=3,
+        min_requests=0,
+        success_rate=0.95,
+        max_latency_p99=0.25,
+        queries=(
+            Query("error-budget", 'sum(x{revision="{{revision}}"})', 0.0, 5.0),
+            Query("floor", "vector(1)", 0.5, None),
+        ),
+    )
+
+
+def test_durations_may_be_integers_of_seconds() -> None:
+    settings = parse_settings({"interval": 45, "maxLatencyP99": 1})
+    assert (settings.interval, settings.max_latency_p99) == (45.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"prometheus": {"url": "prometheus:9090"}}, "prometheus.url"),
+        ({"prometheus": "http://p:9090"}, "prometheus must be an object"),
+        ({"interval": "soon"}, "interval"),
+        ({"interval": 0}, "interval must be positive"),
+        ({"maxLatencyP99": "fast"}, "maxLatencyP99"),
+        ({"failureLimit": 0}, "failureLimit"),
+        ({"failureLimit": "2"}, "failureLimit"),
+        ({"minRequests": -1}, "minRequests"),
+        ({"minRequests": True}, "minRequests"),
+        ({"successRate": 1.5}, "successRate"),
+        ({"successRate": "high"}, "successRate"),
+        ({"queries": ["up"]}, r"queries\[0\] must be an object"),
+        ({"queries": [{"query": "up", "min": 1}]}, r"queries\[0\].name"),
+        ({"queries": [{"name": "q", "min": 1}]}, r"queries\[0\].query"),
+        ({"queries": [{"name": "q", "query": "up"}]}, r"queries\[0\] needs min or max"),
+        ({"queries": [{"name": "q", "query": "up", "min": 2, "max": 1}]}, "min 2 is above max 1"),
+        ({"queries": [{"name": "success-rate", "query": "up", "min": 1}]}, "is taken"),
+        (
+            {"queries": [{"name": "q", "query": "up", "min": 1}, {"name": "q", "query": "up", "max": 2}]},
+            r"queries\[1\].name 'q' is taken",
+        ),
+        (
+            {"queries": [{"name": "q", "query": "x{pod='{{pod}}'}", "min": 1}]},
+            r"unknown placeholders \['pod'\]",
+        ),
+        ({"queries": [{"name": "q", "query": "up", "min": "1"}]}, "min must be a number"),
+    ],
+)
+def test_malformed_settings_are_refused_naming_the_field(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(AnalysisSpecError, match=message):
+        parse_settings(raw)
+
+
+def test_a_refusal_is_a_value_error_for_the_reconciler() -> None:
+    assert issubclass(AnalysisSpecError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("interval", "window"),
+    [(30, "30s"), (10, "10s"), (5, "10s"), (0.5, "10s"), (10.5, "11s"), (90, "1m30s"), (3600, "1h")],
+)
+def test_the_window_is_the_interval_but_at_least_ten_seconds(interval: float, window: str) -> None:
+    assert AnalysisSettings(interval=interval).window == window
+
+
+# ---------------------------------------------------------------------------------------------
+# queries
+
+
+def test_render_fills_every_placeholder_wherever_it_is() -> None:
+    template = 'f{ns="{{namespace}}",md="{{ name }}",rev="{{revision}}"}[{{window}}] + g[{{window}}]'
+    assert (
+        render(template, namespace="prod", name="iris", revision="9b1c2d3e4f", window="30s")
+        == 'f{ns="prod",md="iris",rev="9b1c2d3e4f"}[30s] + g[30s]'
+    )
+
+
+def test_render_leaves_unknown_placeholders_and_plain_braces_alone() -> None:
+    template = 'x{a="{{other}}"} or label_replace(y, "b", "{}", "", "")'
+    assert render(template, namespace="n", name="m", revision="r", window="10s") == template
+
+
+def test_the_built_in_checks_select_the_revisions_own_series() -> None:
+    planned = plan(
+        AnalysisSettings(interval=30, max_latency_p99=0.5), namespace="prod", name="iris", revision="9b1c"
+    )
+    selector = 'namespace="prod",revision="9b1c"'
+    assert planned.requests == f"sum(increase(modelship_requests_total{{{selector}}}[30s]))"
+    success, latency = planned.checks
+    assert success == Check(
+        "success-rate",
+        f'(sum(rate(modelship_requests_total{{{selector},code!~"5.."}}[30s])) or vector(0))'
+        f" / sum(rate(modelship_requests_total{{{selector}}}[30s]))",
+        min=0.99,
+    )
+    assert latency == Check(
+        "latency-p99",
+        "histogram_quantile(0.99, sum by (le) "
+        f"(rate(modelship_request_duration_seconds_bucket{{{selector}}}[30s])))",
+        max=0.5,
+        unit="s",
+    )
+    assert (planned.revision, planned.window, planned.min_requests) == ("9b1c", "30s", 20)
+
+
+def test_latency_is_checked_only_with_a_maximum() -> None:
+    planned = plan(AnalysisSettings(), namespace="n", name="m", revision="r")
+    assert [c.name for c in planned.checks] == ["success-rate"]
+
+
+def test_user_queries_follow_the_built_in_checks_rendered() -> None:
+    settings = AnalysisSettings(
+        interval=60, queries=(Query("budget", 'sum(e{md="{{name}}"}[{{window}}])', max=5.0),)
+    )
+    planned = plan(settings, namespace="n", name="iris", revision="r")
+    assert planned.checks[-1] == Check("budget", 'sum(e{md="iris"}[1m])', max=5.0)
+
+
+def test_the_queries_name_what_the_server_exports() -> None:
+    """The metric names and labels are an interface with the server (its metrics module says so)."""
+    from modelship.server.metrics import Metrics
+
+    metrics = Metrics(model="iris", version="2", revision="9b1c")
+    metrics.count_request(200)
+    metrics.count_request(503)
+    metrics.request_duration.observe(0.01)
+    exported = metrics.render().decode()
+    assert 'modelship_requests_total{code="200",model="iris",revision="9b1c",version="2"} 1.0' in exported
+    assert 'modelship_requests_total{code="503",model="iris",revision="9b1c",version="2"} 1.0' in exported
+    assert 'modelship_request_duration_seconds_bucket{le="0.01",model="iris",revision="9b1c"' in exported
+    planned = plan(AnalysisSettings(max_latency_p99=1), namespace="n", name="iris", revision="9b1c")
+    assert "modelship_requests_total{" in planned.requests
+    assert all("modelship_request" in check.query for check in planned.checks)
+
+
+# ---------------------------------------------------------------------------------------------
+# one check
+
+
+@pytest.mark.parametrize(
+    ("check", "threshold"),
+    [
+        (Check("success-rate", "q", min=0.99), ">= 0.99"),
+        (Check("latency-p99", "q", max=0.5, unit="s"), "<= 0.5s"),
+        (Check("budget", "q", min=0, max=5), ">= 0 and <= 5"),
+        (Check("anything", "q"), "any value"),
+    ],
+)
+def test_thresholds_read_as_a_person_writes_them(check: Check, threshold: str) -> None:
+    assert check.threshold == threshold
+
+
+@pytest.mark.parametrize(
+    ("value", "result"),
+    [
+        (0.99, Result.PASS),  # the bounds themselves pass
+        (5.0, Result.PASS),
+        (0.989, Result.FAIL),
+        (5.01, Result.FAIL),
+        (math.inf, Result.FAIL),
+        (-math.inf, Result.FAIL),
+        (None, Result.INCONCLUSIVE),
+        (math.nan, Result.INCONCLUSIVE),
+    ],
+)
+def test_a_check_passes_within_its_bounds_only(value: float | None, result: Result) -> None:
+    assert Check("c", "q", min=0.99, max=5).judge(value) == result
+
+
+def test_a_missed_bound_is_shown_with_enough_digits_to_differ() -> None:
+    check = Check("success-rate", "q", min=0.99)
+    assert check.explain(0.42) == "success-rate 0.42 < 0.99"
+    assert check.explain(0.98999) == "success-rate 0.98999 < 0.99"
+    assert check.explain(0.9899999999999) == "success-rate 0.9899999999999 < 0.99"
+    assert Check("latency-p99", "q", max=0.5, unit="s").explain(0.8) == "latency-p99 0.8s > 0.5s"
+    assert check.explain(None) == "success-rate has no data"
+
+
+# ---------------------------------------------------------------------------------------------
+# a measurement
+
+SETTINGS = AnalysisSettings(interval=30, max_latency_p99=0.5)
+PLAN = plan(SETTINGS, namespace="prod", name="iris", revision="9b1c")
+
+
+def test_good_numbers_pass() -> None:
+    m = evaluate(PLAN, Sample(50), [Sample(1.0), Sample(0.012)])
+    assert m.verdict == Result.PASS
+    assert m.requests == 50
+    assert m.results == (
+        CheckResult("success-rate", 1.0, ">= 0.99", Result.PASS),
+        CheckResult("latency-p99", 0.012, "<= 0.5s", Result.PASS),
+    )
+    assert (
+        m.summary
+        == "pass: success-rate 1 >= 0.99, latency-p99 0.012s <= 0.5s (revision 9b1c, 50 requests in 30s)"
+    )
+
+
+def test_a_low_success_rate_fails_and_the_summary_says_why() -> None:
+    m = evaluate(PLAN, Sample(50.4), [Sample(0.42), Sample(0.012)])
+    assert m.verdict == Result.FAIL
+    assert [r.result for r in m.results] == [Result.FAIL, Result.PASS]
+    assert m.summary == "success-rate 0.42 < 0.99 (revision 9b1c, 50 requests in 30s)"
+
+
+def test_every_failed_check_is_named() -> None:
+    m = evaluate(PLAN, Sample(50), [Sample(0.5), Sample(0.8)])
+    assert m.summary == "success-rate 0.5 < 0.99, latency-p99 0.8s > 0.5s (revision 9b1c, 50 requests in 30s)"
+
+
+def test_too_few_requests_are_inconclusive_whatever_the_numbers() -> None:
+    for values in ([1.0, 0.01], [0.0, 9.0]):
+        m = evaluate(PLAN, Sample(19), [Sample(v) for v in values])
+        assert m.verdict == Result.INCONCLUSIVE
+        assert {r.result for r in m.results} == {Result.INCONCLUSIVE}
+        assert [r.value for r in m.results] == values  # still reported
+        assert m.summary == (
+            "inconclusive: fewer requests than minRequests 20 (revision 9b1c, 19 requests in 30s)"
+        )
+
+
+def test_no_request_series_is_no_traffic() -> None:
+    m = evaluate(PLAN, Sample(None), [Sample(None), Sample(None)])
+    assert m.verdict == Result.INCONCLUSIVE
+    assert m.requests == 0
+    assert m.summary == "inconclusive: fewer requests than minRequests 20 (revision 9b1c, 0 requests in 30s)"
+
+
+def test_without_min_requests_a_check_without_data_is_still_inconclusive() -> None:
+    planned = plan(AnalysisSettings(min_requests=0), namespace="n", name="m", revision="r")
+    m = evaluate(planned, Sample(None), [Sample(math.nan)])
+    assert m.verdict == Result.INCONCLUSIVE
+    assert m.summary == "inconclusive: success-rate has no data (revision r, 0 requests in 30s)"
+
+
+def test_a_check_without_data_is_inconclusive_but_a_failure_still_fails() -> None:
+    m = evaluate(PLAN, Sample(80), [Sample(1.0), Sample(None)])
+    assert m.verdict == Result.INCONCLUSIVE
+    assert m.summary == "inconclusive: latency-p99 has no data (revision 9b1c, 80 requests in 30s)"
+    m = evaluate(PLAN, Sample(80), [Sample(0.1), Sample(None)])
+    assert m.verdict == Result.FAIL
+    assert m.summary == "success-rate 0.1 < 0.99 (revision 9b1c, 80 requests in 30s)"
+
+
+def test_an_unreachable_prometheus_is_said_once() -> None:
+    down = Sample(error="Prometheus at http://p:9090 is unreachable: connection refused")
+    m = evaluate(PLAN, down, [down, down])
+    assert m.verdict == Result.INCONCLUSIVE and m.requests is None
+    assert m.summary == (
+        "inconclusive: Prometheus at http://p:9090 is unreachable: connection refused (revision 9b1c)"
+    )
+
+
+def test_an_unknown_request_count_makes_every_check_inconclusive() -> None:
+    m = evaluate(PLAN, Sample(error="timeout"), [Sample(0.1), Sample(9.0)])
+    assert {r.result for r in m.results} == {Result.INCONCLUSIVE}
+    assert m.summary == "inconclusive: requests: timeout (revision 9b1c)"
+
+
+def test_a_failed_query_makes_only_its_check_inconclusive() -> None:
+    settings = AnalysisSettings(queries=(Query("budget", "sum(", max=1),))
+    planned = plan(settings, namespace="n", name="m", revision="r")
+    m = evaluate(planned, Sample(100), [Sample(1.0), Sample(error="bad_data: parse error")])
+    assert [r.result for r in m.results] == [Result.PASS, Result.INCONCLUSIVE]
+    assert m.summary == "inconclusive: budget: bad_data: parse error (revision r, 100 requests in 30s)"
+
+
+def test_long_errors_are_cut_to_one_short_line() -> None:
+    error = Sample(error="bad\n" + "x" * 1000)
+    m = evaluate(PLAN, error, [error, error])
+    assert len(m.summary) < 400 and "\n" not in m.summary and "..." in m.summary
+
+
+def test_evaluate_needs_one_sample_per_check() -> None:
+    with pytest.raises(ValueError, match="2 checks but 1 samples"):
+        evaluate(PLAN, Sample(50), [Sample(1.0)])
+
+
+def test_the_worst_result_is_the_verdict() -> None:
+    assert worst([Result.PASS, Result.INCONCLUSIVE]) == Result.INCONCLUSIVE
+    assert worst([Result.INCONCLUSIVE, Result.FAIL, Result.PASS]) == Result.FAIL
+    assert worst([Result.PASS]) == Result.PASS
+    assert worst([]) == Result.INCONCLUSIVE
+    assert Measurement((), 100, "").verdict == Result.INCONCLUSIVE
+
+
+def test_results_for_status_are_plain_json() -> None:
+    m = evaluate(PLAN, Sample(50), [Sample(0.123456789), Sample(math.inf)])
+    assert m.status_results() == [
+        {"name": "success-rate", "value": 0.123457, "threshold": ">= 0.99", "result": "Fail"},
+        {"name": "latency-p99", "threshold": "<= 0.5s", "result": "Fail"},
+    ]
+    assert type(m.status_results()[0]["result"]) is str
+    assert Result.PASS == "Pass"  # the step function compares verdicts to plain strings
+
+
+maybe_value = st.one_of(st.none(), st.just(math.nan), st.floats(allow_nan=False))
+
+
+@given(
+    requests=st.one_of(st.none(), st.floats(0, 1000)),
+    values=st.tuples(maybe_value, maybe_value),
+    min_requests=st.integers(0, 100),
+)
+def test_a_pass_needs_enough_requests_and_every_value_within_bounds(
+    requests: float | None, values: tuple[float | None, float | None], min_requests: int
+) -> None:
+    settings = AnalysisSettings(min_requests=min_requests, max_latency_p99=0.5)
+    planned = plan(settings, namespace="n", name="m", revision="r")
+    m = evaluate(planned, Sample(requests), [Sample(v) for v in values])
+    success_rate, latency = (math.nan if v is None else v for v in values)
+    enough = (requests or 0) >= min_requests
+    within = success_rate >= 0.99 and latency <= 0.5  # False for NaN
+    assert (m.verdict == Result.PASS) == (enough and within)
+    if not enough:
+        assert m.verdict == Result.INCONCLUSIVE
+    assert m.summary.endswith(")") and "\n" not in m.summary
+    assert m.summary.startswith("pass: ") == (m.verdict == Result.PASS)
+    assert m.summary.startswith("inconclusive: ") == (m.verdict == Result.INCONCLUSIVE)
+
+
+@given(errors=st.lists(st.booleans(), min_size=3, max_size=3), value=st.floats(0, 1))
+def test_a_failed_query_never_passes(errors: list[bool], value: float) -> None:
+    samples = [
+        Sample(error="boom") if failed else Sample(v)
+        for failed, v in zip(errors, [100, value, 0.1], strict=True)
+    ]
+    m = evaluate(PLAN, samples[0], samples[1:])
+    if any(errors):
+        assert m.verdict != Result.PASS
+        assert "boom" in m.summary or m.verdict == Result.FAIL
+
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus answers
+
+
+def _vector(*values: str) -> dict[str, Any]:
+    result = [{"metric": {"i": str(i)}, "value": [1700000000.0, v]} for i, v in enumerate(values)]
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+@pytest.mark.parametrize(
+    ("body", "value"),
+    [
+        (_vector("0.42"), 0.42),
+        (_vector("+Inf"), math.inf),
+        (_vector("NaN"), None),
+        (_vector(), None),
+        ({"status": "success", "data": {"resultType": "scalar", "result": [1700000000.0, "3"]}}, 3.0),
+        ({"status": "success", "data": {"resultType": "scalar", "result": [1700000000.0, "NaN"]}}, None),
+    ],
+)
+def test_an_answer_is_one_number_or_no_data(body: dict[str, Any], value: float | None) -> None:
+    assert parse_response(body) == value
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (_vector("1", "2"), "returned 2 series; a check needs one number"),
+        ({"status": "success", "data": {"resultType": "matrix", "result": []}}, "returned a matrix"),
+        ({"status": "success", "data": {"resultType": "string", "result": [0, "x"]}}, "returned a string"),
+        (
+            {"status": "error", "errorType": "bad_data", "error": "1:5: parse error"},
+            "^bad_data: 1:5: parse error$",
+        ),
+        ({"status": "error"}, "^error: no error message$"),
+        ({"status": "success", "data": {"resultType": "vector", "result": [{"value": []}]}}, "malformed"),
+        ({"status": "success", "data": {"resultType": "scalar", "result": [0, "many"]}}, "malformed"),
+        ([], "not a JSON object"),
+    ],
+)
+def test_answers_that_are_not_one_number_are_errors(body: Any, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        parse_response(body)
+
+
+async def test_without_a_prometheus_url_the_measurement_says_so() -> None:
+    async with aiohttp.ClientSession() as session:
+        m = await analysis.measure(session, None, SETTINGS, "prod", "iris", "9b1c")
+    assert m.verdict == Result.INCONCLUSIVE
+    assert m.summary == f"inconclusive: {analysis.NO_PROMETHEUS} (revision 9b1c)"
