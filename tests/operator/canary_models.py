@@ -1,0 +1,74 @@
+"""Real ONNX models for canary tests: one that serves well, one that breaks on some requests, a slow one.
+
+Each comes with the V2 inference requests to send it, so a test can make the traffic a canary
+analysis should pass or fail on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import TensorProto, helper
+
+from tests.server import models
+
+# onnxruntime's Python binding decodes string outputs as UTF-8; these bytes are not.
+NOT_UTF8 = b"\xff\xfe"
+
+
+@dataclass(frozen=True)
+class CanaryModel:
+    name: str
+    model: onnx.ModelProto
+    request: dict[str, Any]  # a V2 inference request the server answers with 200
+    failing_request: dict[str, Any] | None = None  # one it answers with a 5xx
+
+    def save(self, folder: Path) -> Path:
+        return models.save(self.model, folder / f"{self.name}.onnx")
+
+
+def _tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -> dict[str, Any]:
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
+
+
+def healthy() -> CanaryModel:
+    """The small MLP of the server tests: x [batch, 4] float32 -> y [batch, 3]."""
+    return CanaryModel("healthy", models.mlp(), _tensor("x", "FP32", [1, 4], [0.1, 0.2, 0.3, 0.4]))
+
+
+def broken_labels() -> CanaryModel:
+    """index [batch] int64 -> label [batch]: a lookup in a label table whose second entry is not UTF-8.
+
+    Index 0 (and the server's warm-up, which sends zeros) gets "ok"; index 1 makes onnxruntime's
+    binding raise UnicodeDecodeError while it hands the output over, a failure of the model and
+    not of the request, which the server answers with 500. (An onnxruntime error such as a Gather
+    index out of bounds is answered 400: the server counts that as the client's mistake.)
+    """
+    table = helper.make_tensor("table", TensorProto.STRING, [2], [b"ok", NOT_UTF8])
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "index"], ["label"], axis=0)],
+        "broken_labels",
+        [helper.make_tensor_value_info("index", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"])],
+        [table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", models.OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return CanaryModel(
+        "broken_labels",
+        model,
+        request=_tensor("index", "INT64", [1], [0]),
+        failing_request=_tensor("index", "INT64", [1], [1]),
+    )
+
+
+def slow(iterations: int = 2500) -> CanaryModel:
+    """The server tests' Loop of 256x256 matrix products: tens of milliseconds per request."""
+    width = 256
+    return CanaryModel(
+        "slow", models.slow(iterations, width), _tensor("x", "FP32", [1, width], [0.01] * width)
+    )
