@@ -35,8 +35,9 @@ LATENCY_P99 = "latency-p99"
 BUILT_IN = frozenset({SUCCESS_RATE, LATENCY_P99})
 PLACEHOLDERS = frozenset({"namespace", "name", "revision", "window"})
 
-# rate() needs two samples in its window; at the usual 1s to 15s scrape intervals 10s is the
-# shortest window that has them.
+# rate() needs at least two samples in its window, so a window must span a few scrape intervals:
+# 10s suits a Prometheus that scrapes every second or two; one that scrapes every 15s needs an
+# analysis interval of a minute or more.
 MIN_WINDOW_SECONDS = 10
 DEFAULT_TIMEOUT = 5.0
 NO_PROMETHEUS = "no Prometheus: set analysis.prometheus.url or the operator's MODELSHIP_PROMETHEUS_URL"
