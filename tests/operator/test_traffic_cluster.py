@@ -1,0 +1,124 @@
+"""Canary weights against the real API server: the Gateway API's own HTTPRoute schema (its CRDs
+are installed by `hack/cluster up`), written with the operator's client, and the per-revision
+Service applied server-side. No Gateway is needed: a route is stored and validated without one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from modelship.operator import auth, spec, traffic
+from modelship.operator import client as kube
+
+from tests.operator.models import Models, model_spec
+
+pytestmark = pytest.mark.cluster
+
+STABLE, CANARY = "iris-aaaaaaaaaa", "iris-bbbbbbbbbb"
+MODELS_RULE = {
+    "matches": [{"path": {"type": "PathPrefix", "value": "/v2/models/iris"}}],
+    "backendRefs": [{"name": "iris", "port": 80}],
+}
+WEB_RULE = {
+    "matches": [{"path": {"type": "PathPrefix", "value": "/web"}}],
+    "backendRefs": [{"name": "web", "port": 8080}],
+}
+
+
+@pytest.fixture
+async def api(kubeconfig: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[kube.KubeClient]:
+    monkeypatch.setenv("KUBECONFIG", kubeconfig)
+    api = kube.KubeClient(auth.login)
+    yield api
+    await api.close()
+
+
+def create_route(k8s_api: client.ApiClient, namespace: str, *rules: dict[str, Any]) -> None:
+    body = {
+        "apiVersion": kube.HTTPROUTES.api_version,
+        "kind": kube.HTTPROUTES.kind,
+        "metadata": {"name": "models"},
+        "spec": {"rules": list(rules)},
+    }
+    client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
+        kube.HTTPROUTES.group, kube.HTTPROUTES.version, namespace, kube.HTTPROUTES.plural, body
+    )
+
+
+def with_rules(route: dict[str, Any], rules: list[Any] | None) -> dict[str, Any]:
+    assert rules is not None, "the weights should have changed"
+    return {**route, "spec": {**route["spec"], "rules": rules}}
+
+
+async def read_route(api: kube.KubeClient, namespace: str) -> dict[str, Any]:
+    route = await api.get(kube.HTTPROUTES, namespace, "models")
+    assert route is not None
+    return route
+
+
+async def test_weights_set_with_replace_read_back_from_the_api_server(
+    k8s_api: client.ApiClient, namespace: str, api: kube.KubeClient
+) -> None:
+    create_route(k8s_api, namespace, MODELS_RULE, WEB_RULE)
+    route = await read_route(api, namespace)
+    web_before = route["spec"]["rules"][1]
+
+    await api.replace(with_rules(route, traffic.route_rules(route, "iris", set(), STABLE, CANARY, 10)))
+    route = await read_route(api, namespace)
+    assert traffic.route_weights(route) == {STABLE: 90, CANARY: 10, "web": 1}
+    assert route["spec"]["rules"][0]["matches"] == MODELS_RULE["matches"]
+    assert route["spec"]["rules"][1] == web_before
+    # The schema filled in defaults on our refs; they still read as set, so an idle resync writes nothing.
+    assert traffic.route_rules(route, "iris", {STABLE, CANARY}, STABLE, CANARY, 10) is None
+
+    await api.replace(
+        with_rules(route, traffic.route_rules(route, "iris", {STABLE, CANARY}, STABLE, None, 0))
+    )
+    route = await read_route(api, namespace)
+    assert traffic.route_weights(route) == {STABLE: 100, "web": 1}
+    assert api.writes["replace"] == 2
+
+
+async def test_a_route_changed_since_it_was_read_is_a_transient_conflict_and_not_overwritten(
+    k8s_api: client.ApiClient, namespace: str, api: kube.KubeClient
+) -> None:
+    create_route(k8s_api, namespace, MODELS_RULE)
+    route = await read_route(api, namespace)
+    client.CustomObjectsApi(k8s_api).patch_namespaced_custom_object(
+        kube.HTTPROUTES.group,
+        kube.HTTPROUTES.version,
+        namespace,
+        kube.HTTPROUTES.plural,
+        "models",
+        {"metadata": {"labels": {"edited-by": "someone-else"}}},
+    )
+
+    with pytest.raises(kube.ApiError) as conflict:
+        await api.replace(with_rules(route, traffic.route_rules(route, "iris", set(), STABLE, CANARY, 10)))
+    assert conflict.value.status == 409
+    assert conflict.value.transient
+    assert api.writes["replace"] == 1, "a stale body is not sent again"
+    route = await read_route(api, namespace)
+    assert route["metadata"]["labels"] == {"edited-by": "someone-else"}
+    assert traffic.route_weights(route) == {"iris": 1}
+
+
+async def test_a_revision_service_is_accepted_by_server_side_apply(
+    k8s_api: client.ApiClient, namespace: str, crds: None, api: kube.KubeClient
+) -> None:
+    md = spec.parse(Models(k8s_api, namespace).create("iris", model_spec()))
+    manifest = traffic.revision_service(md, "aaaaaaaaaa")
+
+    applied = await api.apply(manifest)
+    assert applied["metadata"]["name"] == STABLE
+    assert applied["metadata"]["labels"] == manifest["metadata"]["labels"]
+    assert applied["metadata"]["annotations"] == manifest["metadata"]["annotations"]
+    assert [owner["uid"] for owner in applied["metadata"]["ownerReferences"]] == [md.uid]
+    assert applied["spec"]["selector"] == manifest["spec"]["selector"]
+    assert applied["spec"]["ports"][0]["port"] == 80
+    assert applied["spec"]["ports"][0]["targetPort"] == "http"
+
+    again = await api.apply(manifest)
+    assert again["metadata"]["resourceVersion"] == applied["metadata"]["resourceVersion"]
