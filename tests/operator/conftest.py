@@ -132,6 +132,12 @@ class OperatorProcess:
         ]
 
 
+# The local Prometheus of hack/prometheus, where canary analysis finds the servers' metrics.
+PROMETHEUS_ENV = {
+    "MODELSHIP_PROMETHEUS_URL": f"http://127.0.0.1:{os.environ.get('MODELSHIP_PROMETHEUS_PORT', '19090')}"
+}
+
+
 @pytest.fixture(scope="session")
 def kubectl(kube_bin_dir: Path, kubeconfig: str) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the pinned kubectl against the test cluster; `check=False` to look at failures."""
@@ -171,7 +177,7 @@ def operator(kubeconfig: str, crds: None, operator_logs: Path) -> Iterator[Opera
     Package-scoped: it stops when the operator's tests are done, so that it does not act in
     the namespaces of other packages' tests, which run operators of their own.
     """
-    process = OperatorProcess(kubeconfig, operator_logs, name="main", priority=100, extra_env={})
+    process = OperatorProcess(kubeconfig, operator_logs, name="main", priority=100, extra_env=PROMETHEUS_ENV)
     process.start()
     yield process
     process.stop()
