@@ -286,7 +286,11 @@ def check_invariants(world: World, outcome: Outcome, previous: RolloutState) -> 
     if stable is not None and outcome.canary is not None:
         stable_want = replicas[stable]
         assert stable_want is not None
-        w = outcome.weight if outcome.state.step < len(world.rollout.steps) else 0
+        steps = world.rollout.steps
+        # After the last step the canary grows to full size; the stable revision keeps the
+        # share the last setWeight left it until the canary takes over.
+        last = next((s.set_weight for s in reversed(steps) if s.set_weight is not None), 0)
+        w = outcome.weight if outcome.state.step < len(steps) else last
         # The stable revision never goes below its share of the traffic the steps leave it...
         assert stable_want >= math.ceil(size * (100 - min(w, 100)) / 100) or w == 100
         # ...nor below what the canary's ready pods cannot yet take over.

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from modelship.operator import manifests, naming, spec
 from modelship.operator import status as st
-from modelship.operator.rollout import plan_rollout
+from modelship.operator.rollout import RolloutPlan
 
 from tests.operator.factories import md_body
 
@@ -63,7 +63,7 @@ def test_every_status_field_the_operator_writes_is_in_the_schema() -> None:
     md = spec.parse(md_body(replicas=2))
     revision = manifests.desired_revision(md, server_image="img:1")
     status = st.compute_status(
-        md, revision, plan_rollout(revision.revision, None, {}), st.Observations(revisions={}), now="t"
+        md, revision, RolloutPlan(revision.revision, None, (), False), st.Observations(revisions={}), now="t"
     )
     status["model"] |= {"version": "3", "revision": "abc"}
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]

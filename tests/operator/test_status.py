@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelship.operator import manifests, spec
+from modelship.operator import canary, manifests, spec
 from modelship.operator import status as st
 from modelship.operator.observed import PodFailure, RevisionState
-from modelship.operator.rollout import plan_rollout
+from modelship.operator.rollout import plan_of
 
 from tests.operator.factories import md_body
 
@@ -45,8 +45,15 @@ def compute(
 ) -> dict[str, Any]:
     md = spec.parse(body)
     revision = manifests.desired_revision(md, server_image="img:1")
-    plan = plan_rollout(revision.revision, (md.status.get("model") or {}).get("revision"), observed)
-    seen = st.Observations(revisions=observed, pod_failures=failures, apply_errors=errors)
+    seen_now = canary.Observed(
+        target=revision.revision,
+        target_version=revision.version,
+        revisions=observed,
+        size=md.desired_replicas or 1,
+    )
+    outcome = canary.advance(md.rollout, canary.RolloutState.from_status(md.status), seen_now, 0.0)
+    plan = plan_of(revision.revision, outcome, observed.get(revision.revision))
+    seen = st.Observations(revisions=observed, pod_failures=failures, apply_errors=errors, rollout=outcome)
     return st.compute_status(md, revision, plan, seen, now=NOW)
 
 

@@ -14,7 +14,7 @@ from modelship.operator import canary, manifests, naming, observed, traffic
 from modelship.operator.drift import Difference, difference
 from modelship.operator.manifests import Manifest, Revision
 from modelship.operator.observed import RevisionState, revision_states
-from modelship.operator.rollout import RolloutPlan
+from modelship.operator.rollout import RolloutPlan, plan_of
 from modelship.operator.spec import ModelDeployment
 
 Body = Mapping[str, Any]
@@ -195,15 +195,8 @@ def decide(
             applies.append(Apply(manifest, diff))
 
     target_up_to_date = all(a.manifest is not target_deployment for a in applies)
-    target_state = states.get(revision.revision)
-    plan = RolloutPlan(
-        target=revision.revision,
-        stable=outcome.stable,
-        retire=outcome.retire,
-        target_complete=outcome.stable == revision.revision
-        and target_up_to_date
-        and target_state is not None
-        and target_state.complete,
+    plan = plan_of(
+        revision.revision, outcome, states.get(revision.revision), target_up_to_date=target_up_to_date
     )
 
     deletes = []
