@@ -56,9 +56,10 @@ tests/helm/test_rbac_cluster.py runs the operator with nothing more.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [list, watch, create, patch, delete]
+# delete: the per-revision Services of a canary with trafficRouting.gatewayAPI go with their revision.
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, create, patch, delete]
 # A canary with trafficRouting.gatewayAPI sets the weights on the user's HTTPRoute (read, then
 # replaced with its resourceVersion); the route is never created or deleted by the operator.
 - apiGroups: [gateway.networking.k8s.io]
