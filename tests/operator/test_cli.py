@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from modelship.operator import cli
+from modelship.operator import canary, cli, naming
 from modelship.operator.rollout_text import age, describe_step, format_rollout
 
 NOW = datetime(2026, 11, 23, 10, 1, 0, 250000, tzinfo=UTC)
@@ -121,7 +121,7 @@ HEALTHY: dict[str, Any] = {
 
 
 def text(body: dict[str, Any]) -> str:
-    return format_rollout(body, now=NOW, action_annotation=cli.ACTION_ANNOTATION)
+    return format_rollout(body, now=NOW, action_annotation=naming.ANNOTATION_ACTION)
 
 
 def field(output: str, label: str) -> str:
@@ -172,7 +172,7 @@ def test_a_fresh_object_without_status_prints_what_is_known() -> None:
 
 
 def test_an_empty_object_does_not_crash() -> None:
-    output = format_rollout({}, now=NOW, action_annotation=cli.ACTION_ANNOTATION)
+    output = format_rollout({}, now=NOW, action_annotation=naming.ANNOTATION_ACTION)
     assert field(output, "Name") == "-"
     assert "Steps:" not in output
 
@@ -274,10 +274,10 @@ def test_healthy_after_a_rollout() -> None:
 
 def test_an_action_not_yet_acted_on_is_shown_as_pending() -> None:
     status = {**MID_ROLLOUT, "rollout": {**MID_ROLLOUT["rollout"], "handledAction": "promote@1"}}
-    output = text(md(status, annotations={cli.ACTION_ANNOTATION: "promote@2"}))
+    output = text(md(status, annotations={naming.ANNOTATION_ACTION: "promote@2"}))
     assert field(output, "Action") == "promote@2 (asked, not yet acted on)"
     # Handled but not yet removed by the operator: it is done, not pending.
-    output = text(md(status, annotations={cli.ACTION_ANNOTATION: "promote@1"}))
+    output = text(md(status, annotations={naming.ANNOTATION_ACTION: "promote@1"}))
     assert field(output, "Last action") == "promote@1 (acted on)"
     assert "Action:" not in output
 
@@ -332,6 +332,16 @@ def test_the_patch_sets_only_the_action_annotation_with_a_millisecond_utc_nonce(
     }
 
 
+@pytest.mark.parametrize(
+    "argv", [["promote", "m"], ["promote", "m", "--full"], ["abort", "m"], ["retry", "m"]]
+)
+def test_the_operator_reads_the_verb_the_plugin_writes(argv: list[str]) -> None:
+    args = cli.build_parser().parse_args(argv)
+    verb = cli.verb_of(args.command, getattr(args, "full", False))
+    value = cli.action_patch(verb, NOW)["metadata"]["annotations"][naming.ANNOTATION_ACTION]
+    assert canary.parse_action(value) == verb
+
+
 def test_the_nonce_is_utc_whatever_the_local_zone() -> None:
     from datetime import timedelta, timezone
 
@@ -357,13 +367,13 @@ def test_retry_needs_an_aborted_revision() -> None:
 
 def test_an_action_the_operator_has_not_acted_on_is_not_replaced() -> None:
     # Two promotes in a row must not collapse into one.
-    pending = md(MID_ROLLOUT, annotations={cli.ACTION_ANNOTATION: "promote@2026-11-23T10:00:59.000Z"})
+    pending = md(MID_ROLLOUT, annotations={naming.ANNOTATION_ACTION: "promote@2026-11-23T10:00:59.000Z"})
     assert cli.refusal("promote", pending) == (
         "the operator has not yet acted on the previous action 'promote@2026-11-23T10:00:59.000Z' of iris"
     )
     handled = md(
         {**MID_ROLLOUT, "rollout": {**MID_ROLLOUT["rollout"], "handledAction": "promote@x"}},
-        annotations={cli.ACTION_ANNOTATION: "promote@x"},
+        annotations={naming.ANNOTATION_ACTION: "promote@x"},
     )
     assert cli.refusal("promote", handled) is None
 

@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelship.operator import naming
+from modelship.operator import canary, naming
 from modelship.operator.rollout_text import format_rollout
 
-ACTION_ANNOTATION = f"{naming.GROUP}/action"
-PROMOTE, PROMOTE_FULL, ABORT, RETRY = "promote", "promote-full", "abort", "retry"
+PROMOTE, PROMOTE_FULL = canary.VERB_PROMOTE, canary.VERB_PROMOTE_FULL
+ABORT, RETRY = canary.VERB_ABORT, canary.VERB_RETRY
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # argparse exits 2 on usage errors
@@ -55,7 +55,7 @@ def nonce(now: datetime) -> str:
 
 def action_patch(verb: str, now: datetime) -> dict[str, Any]:
     """The merge patch that asks the operator for one action."""
-    return {"metadata": {"annotations": {ACTION_ANNOTATION: f"{verb}@{nonce(now)}"}}}
+    return {"metadata": {"annotations": {naming.ANNOTATION_ACTION: f"{verb}@{nonce(now)}"}}}
 
 
 def verb_of(command: str, full: bool = False) -> str:
@@ -75,7 +75,7 @@ def refusal(verb: str, md: Mapping[str, Any]) -> str | None:
         return f"no aborted rollout of {name} to retry (status.rollout has no abortedRevision)"
     # A second action written before the operator handled the first would replace it: the
     # first would then never happen (two promotes in a row would promote once).
-    pending = (metadata.get("annotations") or {}).get(ACTION_ANNOTATION)
+    pending = (metadata.get("annotations") or {}).get(naming.ANNOTATION_ACTION)
     if pending and pending != rollout.get("handledAction"):
         return f"the operator has not yet acted on the previous action {pending!r} of {name}"
     return None
@@ -262,16 +262,16 @@ def run_action(conn: Connection, verb: str, name: str, *, force: bool, out: Call
         patch,
         _content_type="application/merge-patch+json",
     )
-    value = patch["metadata"]["annotations"][ACTION_ANNOTATION]
+    value = patch["metadata"]["annotations"][naming.ANNOTATION_ACTION]
     out(
         f"modeldeployment {conn.namespace}/{name}: asked to {describe_action(verb, md)} "
-        f"({ACTION_ANNOTATION}={value}); the operator acts on it, follow with "
+        f"({naming.ANNOTATION_ACTION}={value}); the operator acts on it, follow with "
         f"`kubectl modelship status {name} -n {conn.namespace}`\n"
     )
 
 
 def _show(md: Mapping[str, Any], now: datetime) -> str:
-    return format_rollout(md, now=now, action_annotation=ACTION_ANNOTATION)
+    return format_rollout(md, now=now, action_annotation=naming.ANNOTATION_ACTION)
 
 
 # What a watch compares: the text without the ages, which change with every look.
