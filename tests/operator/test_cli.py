@@ -121,7 +121,7 @@ HEALTHY: dict[str, Any] = {
 
 
 def text(body: dict[str, Any]) -> str:
-    return format_rollout(body, now=NOW, action_annotation=naming.ANNOTATION_ACTION)
+    return format_rollout(body, now=NOW)
 
 
 def field(output: str, label: str) -> str:
@@ -172,7 +172,7 @@ def test_a_fresh_object_without_status_prints_what_is_known() -> None:
 
 
 def test_an_empty_object_does_not_crash() -> None:
-    output = format_rollout({}, now=NOW, action_annotation=naming.ANNOTATION_ACTION)
+    output = format_rollout({}, now=NOW)
     assert field(output, "Name") == "-"
     assert "Steps:" not in output
 

@@ -270,17 +270,14 @@ def run_action(conn: Connection, verb: str, name: str, *, force: bool, out: Call
     )
 
 
-def _show(md: Mapping[str, Any], now: datetime) -> str:
-    return format_rollout(md, now=now, action_annotation=naming.ANNOTATION_ACTION)
-
-
-# What a watch compares: the text without the ages, which change with every look.
-_AGELESS = datetime.min.replace(tzinfo=UTC)
+def _ageless(md: Mapping[str, Any]) -> str:
+    """What a watch compares: the text without the ages, which change with every look."""
+    return format_rollout(md, now=datetime.min.replace(tzinfo=UTC))
 
 
 def run_status(conn: Connection, name: str, *, watch: bool, out: Callable[[str], None]) -> None:
     md = _get(conn, name)
-    out(_show(md, datetime.now(UTC)))
+    out(format_rollout(md, now=datetime.now(UTC)))
     if watch:
         _watch(conn, name, md, out)
 
@@ -291,11 +288,19 @@ def _watch(conn: Connection, name: str, md: dict[str, Any], out: Callable[[str],
     from kubernetes.client.rest import ApiException
     from urllib3.exceptions import HTTPError
 
-    shown = _show(md, _AGELESS)
+    shown = _ageless(md)
     version = md["metadata"].get("resourceVersion")
+
+    def show(obj: dict[str, Any]) -> None:
+        nonlocal shown, version
+        version = obj.get("metadata", {}).get("resourceVersion", version)
+        if _ageless(obj) != shown:
+            shown = _ageless(obj)
+            out("\n" + format_rollout(obj, now=datetime.now(UTC)))
+
     while True:
         try:
-            stream = watch.Watch().stream(
+            for event in watch.Watch().stream(
                 conn.api.list_namespaced_custom_object,
                 naming.GROUP,
                 naming.VERSION,
@@ -303,31 +308,20 @@ def _watch(conn: Connection, name: str, md: dict[str, Any], out: Callable[[str],
                 naming.PLURAL,
                 field_selector=f"metadata.name={name}",
                 resource_version=version,
-                timeout_seconds=300,
-            )
-            events = [] if stream is None else stream
-            for event in events:
+                timeout_seconds=300,  # then watch again from the last version seen
+            ):
                 if event["type"] == "DELETED":
                     out(f"modeldeployment {conn.namespace}/{name} was deleted\n")
                     return
-                if event["type"] not in ("ADDED", "MODIFIED"):
-                    continue
-                obj = event["object"]
-                version = obj.get("metadata", {}).get("resourceVersion", version)
-                if _show(obj, _AGELESS) != shown:
-                    shown = _show(obj, _AGELESS)
-                    out("\n" + _show(obj, datetime.now(UTC)))
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    show(event["object"])
         except HTTPError as exc:
             raise CliError(f"watching {_what(conn, name)}: lost the API server: {exc}") from exc
         except ApiException as exc:
             if exc.status != 410:
                 raise CliError(f"watching {_what(conn, name)}: {exc.status} {exc.reason}") from exc
             # The version we watched from is too old: look again, then watch from there.
-            md = _get(conn, name)
-            version = md["metadata"].get("resourceVersion")
-            if _show(md, _AGELESS) != shown:
-                shown = _show(md, _AGELESS)
-                out("\n" + _show(md, datetime.now(UTC)))
+            show(_get(conn, name))
 
 
 def run_list(conn: Connection, *, all_namespaces: bool, out: Callable[[str], None]) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from modelship.operator import naming
+
 # The operator's main conditions first, in this order; any others after them.
 CONDITION_ORDER = ("Ready", "Progressing", "Degraded")
 
@@ -195,7 +197,7 @@ def _field(label: str, value: str) -> str:
     return f"{label + ':':<{LABEL_WIDTH}}{value}"
 
 
-def format_rollout(md: Mapping[str, Any], *, now: datetime, action_annotation: str) -> str:
+def format_rollout(md: Mapping[str, Any], *, now: datetime) -> str:
     """The status block of one ModelDeployment, in the spirit of `kubectl argo rollouts get`."""
     metadata, spec, status = _obj(md.get("metadata")), _obj(md.get("spec")), _obj(md.get("status"))
     rollout = _obj(status.get("rollout"))
@@ -255,7 +257,7 @@ def format_rollout(md: Mapping[str, Any], *, now: datetime, action_annotation: s
             retiring += f" at {_when(rollout['promotedAt'], now)}"
         lines.append(_field("Retiring", retiring))
 
-    pending = _obj(metadata.get("annotations")).get(action_annotation)
+    pending = _obj(metadata.get("annotations")).get(naming.ANNOTATION_ACTION)
     handled = rollout.get("handledAction")
     if pending and pending != handled:
         lines.append(_field("Action", f"{pending} (asked, not yet acted on)"))
