@@ -186,8 +186,12 @@ class Connection:
 
 def connect(kubeconfig: str | None, context: str | None, namespace: str | None) -> Connection:
     """Load credentials as kubectl does: --kubeconfig, $KUBECONFIG, ~/.kube/config, in-cluster."""
-    # Imported here so that `--help` and usage errors answer without loading the client.
-    from kubernetes import client, config
+    # Imported here so that `--help` and usage errors answer without loading the client, and
+    # so that an install without it says what is missing.
+    try:
+        from kubernetes import client, config
+    except ImportError as exc:
+        raise CliError(f"kubectl modelship needs the kubernetes Python client ({exc})") from exc
 
     path = kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
     have_file = any(Path(p).expanduser().is_file() for p in path.split(os.pathsep) if p)
