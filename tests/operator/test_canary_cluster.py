@@ -169,7 +169,7 @@ def test_a_canary_that_returns_errors_is_rolled_back_within_interval_times_failu
     assert rollout["weight"] == 0 and rollout["analysis"]["verdict"] == "Fail"
     degraded = models.condition("bad", "Degraded")
     assert degraded is not None and degraded["status"] == "True"
-    assert degraded["reason"] == "RolloutAborted"
+    assert degraded["reason"] == "AnalysisFailed"
     assert "success-rate" in degraded["message"] and "< 0.95" in degraded["message"], degraded["message"]
     body = models.get("bad")
     assert body["status"]["phase"] == "Degraded"
@@ -190,7 +190,7 @@ def test_a_canary_whose_model_does_not_load_is_aborted(models: Models) -> None:
     models.core.patch_namespaced_pod_status(
         pod.metadata.name, models.namespace, failed_model_fetch_status(message)
     )
-    models.wait_condition("noload", "Degraded", "True", reason="RolloutAborted")
+    models.wait_condition("noload", "Degraded", "True", reason="ModelLoadFailed")
     degraded = models.condition("noload", "Degraded")
     assert degraded is not None and "sha256 mismatch" in degraded["message"], degraded
     wait_until(lambda: replicas(models, "noload") == {stable: 4, canary: 0}, what="everything back on stable")

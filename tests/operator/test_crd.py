@@ -56,7 +56,7 @@ def test_names_and_subresources() -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Model", "Version", "Ready", "Status", "Canary", "Weight", "Age"]
+    assert columns == ["Model", "Version", "Ready", "Status", "Age"]
 
 
 def test_every_status_field_the_operator_writes_is_in_the_schema() -> None:

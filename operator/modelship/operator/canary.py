@@ -30,6 +30,7 @@ VERB_RETRY = "retry"
 VERBS = frozenset({VERB_PROMOTE, VERB_PROMOTE_FULL, VERB_ABORT, VERB_RETRY})
 
 PASS, FAIL, INCONCLUSIVE = "Pass", "Fail", "Inconclusive"
+ANALYSIS_FAILED = "analysis failed"
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ def _rolling(
             results=measurement.results,
         )
         if failures >= failure_limit:
-            reason = f"analysis failed {failures} times in a row: {measurement.summary}"
+            reason = f"{ANALYSIS_FAILED} {failures} times in a row: {measurement.summary}"
             return _abort(state, seen, stable, live, reason, note)
 
     if verb == VERB_PROMOTE_FULL:

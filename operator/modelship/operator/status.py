@@ -96,7 +96,7 @@ def compute_status(
     paused = outcome.paused if outcome is not None and rolling else None
     if abort is not None:
         failure = Failure(
-            "RolloutAborted", f"version {version} (revision {plan.target}) was aborted: {abort}"
+            abort_reason(abort), f"version {version} (revision {plan.target}) was rolled back: {abort}"
         )
     progress = _progress_note(md, outcome) if rolling and abort is None else ""
 
@@ -169,6 +169,16 @@ def compute_status(
         "conditions": conditions,
         **({"rollout": rollout_status(md, outcome, seen.revisions)} if outcome is not None else {}),
     }
+
+
+def abort_reason(text: str) -> str:
+    """The condition reason of an abort: what failed, as specific as its text allows."""
+    if text.startswith(canary.ANALYSIS_FAILED):
+        return "AnalysisFailed"
+    first = text.split(":", 1)[0]
+    if first.isalnum() and first[:1].isupper():  # a pod failure's own reason: ModelLoadFailed, ...
+        return first
+    return "RolloutAborted"
 
 
 def _progress_note(md: ModelDeployment, outcome: canary.Outcome | None) -> str:
