@@ -16,7 +16,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,server]'
+	$(PY) -m pip install -q -e '.[dev,server,cli]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 .PHONY: install
@@ -54,6 +54,10 @@ test: install cluster-up ## run every test (starts the local cluster when needed
 .PHONY: test-unit
 test-unit: install ## run only the tests that need no cluster
 	$(PY) -m pytest -ra -m 'not cluster'
+
+.PHONY: bench-rollout
+bench-rollout: install cluster-up ## time a bad canary's rollback: first failing request to all traffic on stable
+	$(PY) bench/rollout.py
 
 .PHONY: lint
 lint: install ## ruff and mypy
