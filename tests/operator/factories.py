@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 from modelship.operator import naming
+from modelship.operator.observed import RevisionState
 
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
@@ -109,3 +110,28 @@ def pod(
             "containerStatuses": [server_status],
         },
     }
+
+
+def revision_state(
+    revision: str,
+    version: str | None = None,
+    *,
+    ready: int,
+    wanted: int = 2,
+    created: str = "2026-01-01T00:00:00Z",
+) -> RevisionState:
+    """A revision's Deployment as the operator sees it: `wanted` pods asked for, `ready` of them up."""
+    return RevisionState(
+        revision=revision,
+        deployment=f"iris-{revision}",
+        version=version or revision,
+        model_name="iris",
+        spec_replicas=wanted,
+        replicas=wanted,
+        ready_replicas=ready,
+        available_replicas=ready,
+        observed_current=True,
+        being_deleted=False,
+        created=created,
+        failure=None,
+    )

@@ -13,25 +13,14 @@ from modelship.operator.canary import FAIL, INCONCLUSIVE, PASS, Observed, Outcom
 from modelship.operator.observed import RevisionState
 from modelship.operator.spec import RolloutSpec, Step
 
+from tests.operator.factories import revision_state
+
 T0 = 1_800_000_000.0
 INTERVAL = 10.0
 
 
-def rev(name: str, *, wanted: int, ready: int, version: str | None = None) -> RevisionState:
-    return RevisionState(
-        revision=name,
-        deployment=f"iris-{name}",
-        version=version or name,
-        model_name="iris",
-        spec_replicas=wanted,
-        replicas=wanted,
-        ready_replicas=ready,
-        available_replicas=ready,
-        observed_current=True,
-        being_deleted=False,
-        created="2026-01-01T00:00:00Z",
-        failure=None,
-    )
+def rev(name: str, *, wanted: int, ready: int) -> RevisionState:
+    return revision_state(name, ready=ready, wanted=wanted)
 
 
 class World:

@@ -9,6 +9,7 @@ from modelship.operator import status as st
 from modelship.operator.observed import PodFailure, RevisionState
 from modelship.operator.rollout import plan_of
 
+from tests.operator import factories
 from tests.operator.factories import md_body
 
 NOW = "2026-01-01T00:00:10Z"
@@ -16,20 +17,7 @@ EARLIER = "2026-01-01T00:00:00Z"
 
 
 def revision_state(revision: str, version: str, *, ready: int, wanted: int = 2) -> RevisionState:
-    return RevisionState(
-        revision=revision,
-        deployment=f"iris-{revision}",
-        version=version,
-        model_name="iris",
-        spec_replicas=wanted,
-        replicas=wanted,
-        ready_replicas=ready,
-        available_replicas=ready,
-        observed_current=True,
-        being_deleted=False,
-        created=EARLIER,
-        failure=None,
-    )
+    return factories.revision_state(revision, version, ready=ready, wanted=wanted, created=EARLIER)
 
 
 def target_of(body: dict[str, Any]) -> str:

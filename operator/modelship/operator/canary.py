@@ -273,6 +273,22 @@ def _steady(
     )
 
 
+def _at_first_step(state: RolloutState, now: float) -> RolloutState:
+    """The canary starts over: step 0, no weight, no measurement yet."""
+    return dataclasses.replace(
+        state,
+        step=0,
+        step_started=now,
+        weight=0,
+        failures=0,
+        runs=0,
+        last_run=None,
+        verdict=None,
+        summary=None,
+        results=(),
+    )
+
+
 def _rolling(
     rollout: RolloutSpec,
     state: RolloutState,
@@ -294,21 +310,13 @@ def _rolling(
 
     if state.canary != target:
         # A new canary (or the first one after a restart from an older status): start at step 0.
+        kept_abort = state.aborted == target
         state = dataclasses.replace(
-            state,
+            _at_first_step(state, now),
             canary=target,
             canary_version=seen.target_version,
-            step=0,
-            step_started=now,
-            weight=0,
-            failures=0,
-            runs=0,
-            last_run=None,
-            verdict=None,
-            summary=None,
-            results=(),
-            aborted=state.aborted if state.aborted == target else None,
-            abort_reason=state.abort_reason if state.aborted == target else None,
+            aborted=state.aborted if kept_abort else None,
+            abort_reason=state.abort_reason if kept_abort else None,
         )
     state = dataclasses.replace(
         state,
@@ -321,20 +329,7 @@ def _rolling(
 
     if state.aborted == target:
         if verb == VERB_RETRY:
-            state = dataclasses.replace(
-                state,
-                aborted=None,
-                abort_reason=None,
-                step=0,
-                step_started=now,
-                weight=0,
-                failures=0,
-                runs=0,
-                last_run=None,
-                verdict=None,
-                summary=None,
-                results=(),
-            )
+            state = dataclasses.replace(_at_first_step(state, now), aborted=None, abort_reason=None)
             note, verb = "retry: the rollout starts again at step 0", None
         else:
             if verb is not None:
