@@ -282,3 +282,22 @@ def test_http_route_weights_follow_the_steps(
     assert plugin(kubeconfig, "promote", "routed", "-n", models.namespace).returncode == 0
     wait_promoted(models, "routed", "2")
     wait_until(lambda: weights() == {f"routed-{canary}": 100}, what="all traffic on the new revision")
+
+
+def test_recreate_deletes_the_old_revision_before_the_new_one_serves(models: Models) -> None:
+    models.create("recreate", model_spec(version="1", replicas=2, rollout={"strategy": "Recreate"}))
+    old = models.wait_ready("recreate")["status"]["model"]["revision"]
+    models.patch("recreate", {"spec": {"model": model_spec(version="2")["model"]}})
+    new = wait_promoted(models, "recreate", "2")["model"]["revision"]
+    assert new != old and replicas(models, "recreate") == {new: 2}
+    retired = [
+        e for e in models.core.list_namespaced_event(models.namespace).items if e.reason == "RevisionRetired"
+    ]
+    assert retired and "replaced by revision" in retired[0].message
+
+
+def test_canary_settings_with_recreate_are_refused_when_applied(models: Models) -> None:
+    rollout = {"strategy": "Recreate", "canary": {"steps": [{"setWeight": 10}]}}
+    with pytest.raises(client.ApiException) as refused:
+        models.create("both", model_spec(rollout=rollout))
+    assert "canary settings need strategy Canary" in str(refused.value.body)
