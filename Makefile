@@ -20,11 +20,19 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 .PHONY: install
-install: $(STAMP) ## create .venv and install modelship with its server and dev extras
+install: $(STAMP) ## create .venv and install modelship with its server, cli and dev extras
 
 .PHONY: cluster-build
 cluster-build: ## compile the pinned Kubernetes binaries into ~/.cache/modelship (cold: long; warm: seconds)
 	$(CLUSTER) build
+
+.PHONY: deps
+deps: ## install the Debian packages of the real node, the images and Prometheus (root; quick when present)
+	hack/deps
+
+.PHONY: images
+images: deps ## build the server, operator and test images with podman into .build/images (no Docker)
+	hack/images
 
 .PHONY: cluster-up
 cluster-up: cluster-build ## start the local cluster (idempotent) and write .cluster/kubeconfig
@@ -48,7 +56,8 @@ demo-stop: ## stop the demo's operator and delete its namespace
 	hack/demo stop
 
 .PHONY: test
-test: install cluster-up ## run every test (starts the local cluster when needed)
+test: install deps cluster-build images ## run every test on the local cluster, its real node and Prometheus (starts them when needed)
+	$(CLUSTER) up --real-node
 	$(PY) -m pytest -ra
 
 .PHONY: test-unit
