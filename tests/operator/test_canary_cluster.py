@@ -140,6 +140,8 @@ def test_a_good_canary_is_promoted_through_every_step(
     # The old revision goes after scaleDownDelaySeconds.
     wait_until(lambda: stable not in replicas(models, "good"), what="the old revision to be retired")
     assert replicas(models, "good") == {canary: 4}
+    reasons = {e.reason for e in models.core.list_namespaced_event(models.namespace).items}
+    assert {"CanaryStarted", "CanaryStep", "Promoted", "RevisionRetired"} <= reasons, reasons
 
 
 def test_a_canary_that_returns_errors_is_rolled_back_within_interval_times_failure_limit(

@@ -199,3 +199,25 @@ def test_events_follow_condition_flips_only() -> None:
     assert transition_events(status("False", "True"), status("False", "False")) == [
         ("Normal", "Recovered", "no failures any more")
     ]
+
+
+def test_a_canary_tells_its_story_in_events() -> None:
+    started = {"stableRevision": "a", "canaryRevision": "b", "canaryVersion": "2", "step": 0, "steps": 2}
+    paused = {
+        **started,
+        "step": 1,
+        "weight": 10,
+        "paused": True,
+        "pauseReason": "step 2: waiting for a manual promote",
+    }
+    promoted = {"stableRevision": "b", "stableVersion": "2", "step": 2, "steps": 2}
+    reasons = [
+        [reason for _, reason, _ in transition_events({"rollout": old}, {"rollout": new})]
+        for old, new in (
+            ({"stableRevision": "a"}, started),
+            (started, paused),
+            (paused, promoted),
+            (promoted, promoted),
+        )
+    ]
+    assert reasons == [["CanaryStarted"], ["CanaryStep", "RolloutPaused"], ["Promoted"], []]

@@ -461,4 +461,36 @@ def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tu
         events.append(("Warning", str(new_degraded.get("reason")), str(new_degraded.get("message", ""))))
     if new_degraded.get("status") == "False" and old_degraded.get("status") == "True":
         events.append(("Normal", "Recovered", "no failures any more"))
+    return events + rollout_events(old.get("rollout") or {}, new.get("rollout") or {})
+
+
+def rollout_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """What `kubectl describe` should tell of a canary: its steps, its pauses and its promotion."""
+    events = []
+    canary = new.get("canaryRevision")
+    if canary and canary != old.get("canaryRevision"):
+        events.append(
+            (
+                "Normal",
+                "CanaryStarted",
+                f"version {new.get('canaryVersion')} (revision {canary}) starts at step 1",
+            )
+        )
+    elif canary and new.get("step") != old.get("step") and not new.get("abortedRevision"):
+        steps = new.get("steps", 0)
+        done = min(int(new.get("step") or 0), int(steps))
+        events.append(
+            ("Normal", "CanaryStep", f"step {done}/{steps} done, canary weight {new.get('weight', 0)}%")
+        )
+    if new.get("paused") and not old.get("paused") and new.get("pauseReason"):
+        events.append(("Normal", "RolloutPaused", str(new["pauseReason"])))
+    stable = new.get("stableRevision")
+    if stable and old.get("canaryRevision") == stable and not canary:
+        events.append(
+            (
+                "Normal",
+                "Promoted",
+                f"version {new.get('stableVersion')} (revision {stable}) serves all traffic",
+            )
+        )
     return events
