@@ -53,7 +53,7 @@ def test_fields_others_added_are_left_alone() -> None:
     stored = live(desired)
     stored["metadata"]["labels"]["team"] = "ml"
     stored["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "1"
-    stored["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 30
+    stored["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
     assert difference(desired, stored) is Difference.NONE
 
 

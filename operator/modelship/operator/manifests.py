@@ -18,6 +18,8 @@ from modelship.operator.spec import ModelDeployment
 
 Manifest = dict[str, Any]
 
+PRE_STOP_SECONDS = 5
+
 _RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},
@@ -139,6 +141,8 @@ def pod_template(md: ModelDeployment, *, server_image: str) -> Manifest:
     if resources:
         common_container["resources"] = resources
     spec: Manifest = {
+        # The preStop wait, then the server's own drain of in-flight requests (up to 25 s).
+        "terminationGracePeriodSeconds": PRE_STOP_SECONDS + 30,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {
@@ -165,6 +169,10 @@ def pod_template(md: ModelDeployment, *, server_image: str) -> Manifest:
                 "startupProbe": _probe("/v2/health/live", 5, 60),
                 "livenessProbe": _probe("/v2/health/live", 10, 3),
                 "readinessProbe": _probe("/v2/health/ready", 5, 3),
+                # Endpoints are removed asynchronously (the EndpointSlice, then every node's
+                # kube-proxy): a pod being deleted keeps serving a few seconds before SIGTERM, so
+                # that a canary scaled to 0 on abort loses no request that was already routed to it.
+                "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
                 "volumeMounts": server_mounts,
             }
         ],
