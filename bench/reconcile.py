@@ -49,6 +49,9 @@ PODS_PER_NODE = 100
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 
+SINGLE_APPLIES = 20
+
+
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
@@ -369,14 +372,33 @@ def run(count: int, replicas: int, kubeconfig: str, api: client.ApiClient, log_d
         ]
         to_ready = [watcher.seen["ready"][name] - applied[name] for name in applied]
 
+        # The everyday case: one more model applied while N are already there (a commit that
+        # Argo CD syncs), one after another, each timed from its create to its children.
+        log(f"N={count}: {SINGLE_APPLIES} more, one at a time")
+        singles = []
+        for index in range(count, count + SINGLE_APPLIES):
+            name = f"model-{index:04d}"
+            create(index)
+            wait(
+                lambda name=name: name in watcher.seen["deployment"] and name in watcher.seen["service"],
+                60,
+                f"the children of {name}",
+                0.005,
+            )
+            singles.append(
+                max(watcher.seen["deployment"][name], watcher.seen["service"][name]) - applied[name]
+            )
+        total = count + SINGLE_APPLIES
+        wait(lambda: len(watcher.seen["ready"]) >= total, 300, f"{total} ModelDeployments to be Ready", 0.5)
+
         log(f"N={count}: all Ready; restarting the operator for an idle resync")
         operator.stop()
         restarted = time.monotonic()
         operator.start()
         lines = wait(
-            lambda: (found := operator.first_reconciles()) and len(found) >= count and found,
+            lambda: (found := operator.first_reconciles()) and len(found) >= total and found,
             600,
-            f"the restarted operator to reconcile {count} objects",
+            f"the restarted operator to reconcile {total} objects",
             0.5,
         )
         resync_s = time.monotonic() - restarted
@@ -390,6 +412,8 @@ def run(count: int, replicas: int, kubeconfig: str, api: client.ApiClient, log_d
             "children_p99_s": percentile(to_children, 0.99),
             "ready_p50_s": statistics.median(to_ready),
             "ready_p99_s": percentile(to_ready, 0.99),
+            "single_p50_s": statistics.median(singles),
+            "single_p99_s": percentile(singles, 0.99),
             "queued_p50_s": statistics.median(waited),
             "queued_p99_s": percentile(waited, 0.99),
             "first_reconcile_p50_s": statistics.median(took),
@@ -480,6 +504,10 @@ def main() -> None:
             f"p99 {r['queued_p99_s']:.3f}s; that reconcile takes p50 {r['first_reconcile_p50_s']:.3f}s "
             f"p99 {r['first_reconcile_p99_s']:.3f}s; RSS idle {r['idle_rss_mib']:.0f} MiB, "
             f"after the resync {r['resync_rss_mib']:.0f} MiB"
+        )
+        print(
+            f"N={r['count']}: one more ModelDeployment at a time with N present ({SINGLE_APPLIES} of them): "
+            f"create -> children p50 {r['single_p50_s']:.3f}s p99 {r['single_p99_s']:.3f}s"
         )
         print(
             f"N={r['count']}: floor without the operator (the same Deployments and Services applied "
