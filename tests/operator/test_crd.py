@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
-from modelship.operator import manifests, naming, spec
+from modelship.operator import canary, manifests, naming, spec
 from modelship.operator import status as st
 from modelship.operator.rollout import RolloutPlan
 
-from tests.operator.factories import md_body
+from tests.operator.factories import md_body, revision_state
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "modelship.io_modeldeployments.yaml"
 
@@ -69,6 +70,34 @@ def test_every_status_field_the_operator_writes_is_in_the_schema() -> None:
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert value_paths(status) <= schema_paths(schema)
     assert set(status) | {"rollout"} == st.OWNED_STATUS_FIELDS
+
+
+def test_every_rollout_status_field_is_in_the_schema() -> None:
+    body = md_body(
+        replicas=4,
+        rollout={"canary": {"steps": [{"setWeight": 50}, {"pause": {}}], "analysis": {}}},
+        status={"rollout": {"stableRevision": "old", "stableVersion": "2"}},
+    )
+    md = spec.parse(body)
+    revision = manifests.desired_revision(md, server_image="img:1")
+    old = revision_state("old", "2", ready=4, wanted=4)
+    result = {"name": "success-rate", "value": 0.5, "threshold": ">= 0.99", "result": "Fail"}
+    seen = canary.Observed(
+        revision.revision,
+        revision.version,
+        revisions={"old": old},
+        size=4,
+        measurement=canary.Verdict("Fail", "success-rate 0.5 < 0.99", (result,)),
+        action="promote@1",
+    )
+    state = dataclasses.replace(
+        canary.RolloutState.from_status(md.status), canary=revision.revision, weight=50
+    )
+    outcome = canary.advance(md.rollout, state, seen, 1_800_000_000.0)
+    rollout = st.rollout_status(md, outcome, {"old": old})
+    assert {"analysis", "actualWeight", "handledAction", "canaryRevision", "message"} <= set(rollout)
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert value_paths({"rollout": rollout}) <= schema_paths(schema)
 
 
 def test_replicas_has_no_default_so_that_autoscaling_can_exclude_it() -> None:

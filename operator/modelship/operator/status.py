@@ -216,7 +216,9 @@ def rollout_status(
 ) -> dict[str, Any]:
     out = canary.state_to_status(outcome.state, md.rollout)
     out["weight"] = outcome.weight
-    out["actualWeight"], out["traffic"] = actual_weight(md, outcome, revisions)
+    real, out["traffic"] = actual_weight(md, outcome, revisions)
+    if outcome.canary is not None:  # `kubectl get md -o wide` shows no weight without a canary
+        out["actualWeight"] = real
     out["paused"] = outcome.paused is not None
     if outcome.paused:
         out["pauseReason"] = outcome.paused
