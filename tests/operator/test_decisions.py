@@ -111,3 +111,26 @@ def test_children_of_an_earlier_object_with_the_same_name_are_ignored() -> None:
         now=NOW,
     )
     assert [a.kind for a in decision.apply] == ["Deployment"]
+
+
+def test_an_autoscaled_canary_is_sized_from_the_autoscaler_and_the_hpa_keeps_the_stable() -> None:
+    scaling = {"minReplicas": 2, "maxReplicas": 10}
+    old_body = md_body(autoscaling=scaling)
+    old_deployment, service, _ = desired(old_body)
+    old_deployment["spec"]["replicas"] = 8  # what the HPA chose
+    old_revision = old_deployment["metadata"]["labels"][naming.LABEL_REVISION]
+    new_body = md_body(
+        autoscaling=scaling,
+        model={"version": "4"},
+        rollout={"canary": {"steps": [{"setWeight": 25}, {"pause": {}}]}},
+        status={"rollout": {"stableRevision": old_revision, "stableVersion": "3"}},
+    )
+    children = Children(deployments=[ready_deployment(old_deployment)], services=[live(service)])
+    decision = decide(spec.parse(new_body), children, server_image=IMAGE, now=NOW)
+    by_name = {a.name: a.manifest for a in decision.apply}
+    canary_deployment = by_name[decision.revision.deployment_name]
+    assert canary_deployment["spec"]["replicas"] == 2  # 25% of the 8 the autoscaler runs
+    # The stable revision is left to the HPA, which keeps scaling it during the rollout.
+    assert old_deployment["metadata"]["name"] not in by_name
+    hpa = by_name["iris"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == old_deployment["metadata"]["name"]
