@@ -303,3 +303,31 @@ def test_canary_settings_with_recreate_are_refused_when_applied(models: Models) 
     with pytest.raises(client.ApiException) as refused:
         models.create("both", model_spec(rollout=rollout))
     assert "canary settings need strategy Canary" in str(refused.value.body)
+
+
+def test_a_slow_canary_is_rolled_back_on_its_p99_latency(
+    models: Models, scraped_servers: ScrapedServers, tmp_path: Path
+) -> None:
+    rollout = rollout_spec([{"setWeight": 25}, {"pause": {}}])
+    rollout["canary"]["analysis"]["maxLatencyP99"] = "10ms"
+    status = start(models, "slow", rollout)
+    canary = status["rollout"]["canaryRevision"]
+    stable = status["rollout"]["stableRevision"]
+    model = canary_models.slow()
+    server = scraped_servers.start(model.save(tmp_path), namespace=models.namespace, revision=canary)
+
+    with server.traffic([model.request], pause=0.005) as traffic:
+        started = time.monotonic()
+        wait_until(
+            lambda: rollout_of(models, "slow").get("abortedRevision") == canary,
+            timeout=60,
+            interval=0.1,
+            what="the slow canary to be aborted",
+        )
+        elapsed = time.monotonic() - started
+    assert traffic.statuses[200] > 0 and set(traffic.statuses) == {200}  # slow, never failing
+    assert elapsed <= INTERVAL * FAILURE_LIMIT + 8, elapsed
+    degraded = models.condition("slow", "Degraded")
+    assert degraded is not None and degraded["reason"] == "AnalysisFailed"
+    assert "latency-p99" in degraded["message"] and "> 0.01s" in degraded["message"], degraded["message"]
+    assert replicas(models, "slow") == {stable: 4, canary: 0}
