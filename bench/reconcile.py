@@ -42,7 +42,10 @@ from modelship.operator import auth, manifests, spec
 from modelship.operator import client as kube
 
 ROOT = Path(__file__).resolve().parent.parent
-KOPF = ROOT / ".venv" / "bin" / "kopf"
+sys.path.insert(0, str(ROOT))
+
+from tests.operator_process import KopfProcess  # noqa: E402
+
 GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
 BENCH_LABEL = "modelship.io/bench"
 PODS_PER_NODE = 100
@@ -73,83 +76,26 @@ def wait(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
         time.sleep(interval)
 
 
-class Operator:
-    """The operator as a subprocess, its JSON log lines collected."""
+class Operator(KopfProcess):
+    """The operator watching the bench's namespace, in a peering of its own."""
+
+    stop_timeout = 60.0
 
     def __init__(self, kubeconfig: str, namespace: str, log_path: Path) -> None:
+        super().__init__(log_path, name="bench")
         self.kubeconfig = kubeconfig
         self.namespace = namespace
-        self.log_path = log_path
-        self.process: subprocess.Popen[str] | None = None
-        self.lines: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
 
     def start(self) -> None:
-        self.lines = []
-        env = {**os.environ, "KUBECONFIG": self.kubeconfig, "MODELSHIP_PEERING_PRIORITY": "100"}
-        command = [
-            str(KOPF),
-            "run",
-            "-m",
-            "modelship.operator",
-            f"--namespace={self.namespace}",
-            "--peering=modelship-bench",
-            "--log-format=json",
-        ]
-        self.process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+        self.launch(
+            [f"--namespace={self.namespace}", "--peering=modelship-bench"],
+            {"KUBECONFIG": self.kubeconfig, "MODELSHIP_PEERING_PRIORITY": "100"},
+            ready="Resuming operations",
+            timeout=60,
         )
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-        wait(lambda: self.find("Resuming operations"), 60, "the operator to start")
-
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        with self.log_path.open("a") as out:
-            for raw in process.stdout:
-                out.write(raw)
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    line = {"message": raw}
-                with self.lock:
-                    self.lines.append(line)
-
-    def find(self, text: str) -> dict[str, Any] | None:
-        with self.lock:
-            return next((line for line in self.lines if text in str(line.get("message", ""))), None)
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return list(self.lines)
 
     def first_reconciles(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return [line for line in self.lines if line.get("first") is True]
-
-    def usage(self) -> dict[str, float]:
-        """RSS now and at its peak (MiB), and CPU seconds used, from /proc."""
-        assert self.process is not None
-        pid = self.process.pid
-        status = Path(f"/proc/{pid}/status").read_text()
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return {
-            "rss_mib": int(fields["VmRSS"].split()[0]) / 1024,
-            "peak_rss_mib": int(fields["VmHWM"].split()[0]) / 1024,
-            "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,
-        }
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
+        return [line for line in self.snapshot() if line.get("first") is True]
 
 
 class Watcher:

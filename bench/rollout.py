@@ -53,9 +53,9 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import KWOK_ONLY  # noqa: E402
 from tests.operator import canary_models  # noqa: E402
 from tests.operator.models import manifest, model_spec  # noqa: E402
+from tests.operator_process import KopfProcess  # noqa: E402
 from tests.prometheus_support import Prometheus, ScrapedServer, ScrapedServers  # noqa: E402
 
-KOPF = ROOT / ".venv" / "bin" / "kopf"
 CRD_NAMES = ("modeldeployments.modelship.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 NAME = "fraud"
 REPLICAS = 4
@@ -77,59 +77,21 @@ def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 
         time.sleep(interval)
 
 
-class Operator:
-    """The operator as a subprocess, its log written to a file and kept for `find`."""
+class Operator(KopfProcess):
+    """The operator alone (`--standalone`) on one namespace, its analysis asking `prometheus_url`."""
 
     def __init__(self, kubeconfig: str, namespace: str, prometheus_url: str, log_path: Path) -> None:
-        self.env = {**os.environ, "KUBECONFIG": kubeconfig, "MODELSHIP_PROMETHEUS_URL": prometheus_url}
+        super().__init__(log_path, name="bench")
+        self.env = {"KUBECONFIG": kubeconfig, "MODELSHIP_PROMETHEUS_URL": prometheus_url}
         self.namespace = namespace
-        self.log_path = log_path
-        self.process: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
-        self.lock = threading.Lock()
 
     def start(self) -> None:
-        command = [
-            str(KOPF),
-            "run",
-            "-m",
-            "modelship.operator",
-            f"--namespace={self.namespace}",
-            "--standalone",
-            "--log-format=json",
-        ]
-        self.process = subprocess.Popen(
-            command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+        self.launch(
+            [f"--namespace={self.namespace}", "--standalone"],
+            self.env,
+            ready="Activity 'startup' succeeded",
+            timeout=60,
         )
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-        wait(lambda: self.find("Activity 'startup' succeeded"), 60, "the operator to start", 0.2)
-
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        with self.log_path.open("w") as out:
-            for raw in process.stdout:
-                out.write(raw)
-                out.flush()
-                with self.lock:
-                    self.lines.append(raw)
-
-    def find(self, text: str) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"the operator exited with {self.process.returncode}; log: {self.log_path}")
-        with self.lock:
-            return any(text in line for line in self.lines)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
 
 
 class ListWatch:

@@ -8,16 +8,12 @@ it never touches (nor pauses) another operator on the same shared cluster.
 from __future__ import annotations
 
 import base64
-import json
-import os
 import re
-import socket
 import subprocess
-import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +21,8 @@ import yaml
 
 from tests.conftest import KWOK_ONLY, ROOT
 from tests.helm.chart import render
-from tests.support import wait_until
+from tests.operator_process import KopfProcess, free_port
 
-KOPF = ROOT / ".venv" / "bin" / "kopf"
 CRDS = ROOT / "crds"
 KOPF_CLUSTER_SCANS = re.compile(
     r"GET \S+/(api/v1/namespaces|apis/apiextensions\.k8s\.io/v1/customresourcedefinitions)"
@@ -36,14 +31,8 @@ KOPF_CLUSTER_SCANS = re.compile(
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
-class ScopedOperator:
+class ScopedOperator(KopfProcess):
     kubectl_path: Path
     admin_kubeconfig: str
     token_kubeconfig: Path
@@ -51,10 +40,12 @@ class ScopedOperator:
     watched: list[str]
     rbac: list[dict[str, Any]]
     log_path: Path
-    process: subprocess.Popen[str] | None = None
     probe_port: int = 0
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    wait_timeout = 60.0
+
+    def __post_init__(self) -> None:
+        super().__init__(self.log_path, name=self.log_path.stem)
 
     def kubectl(
         self, *args: str, as_operator: bool = False, check: bool = True, input: str | None = None
@@ -71,60 +62,17 @@ class ScopedOperator:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.lines)
-
-    def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], *, what: str, timeout: float = 60
-    ) -> None:
-        def find() -> dict[str, Any] | None:
-            assert self.process is not None and self.process.poll() is None, (
-                f"the operator exited; its log is {self.log_path}"
-            )
-            return next((line for line in self.snapshot() if predicate(line)), None)
-
-        wait_until(find, timeout=timeout, what=f"{what} (log: {self.log_path})")
-
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        with self.log_path.open("a") as log:
-            for raw in process.stdout:
-                log.write(raw)
-                log.flush()
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    line = {"message": raw.rstrip("\n"), "severity": "raw"}
-                with self._lock:
-                    self.lines.append(line)
-
     def start(
         self, peering: str, extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
     ) -> None:
         env = {
-            **os.environ,
             "KUBECONFIG": str(self.token_kubeconfig),
             "MODELSHIP_PEERING_LIFETIME": "10",
             **(extra_env or {}),
         }
-        port = self.probe_port = _free_port()
-        command = [
-            str(KOPF),
-            "run",
-            "-m",
-            "modelship.operator",
-            *(f"--namespace={ns}" for ns in self.watched),
-            f"--peering={peering}",
-            "--log-format=json",
-            f"--liveness=http://127.0.0.1:{port}/healthz",
-            *extra_args,
-        ]
-        self.process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
-        )
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-        self.wait_for(lambda line: "Activity 'startup' succeeded" in line["message"], what="startup")
+        self.probe_port = free_port()
+        args = [*(f"--namespace={ns}" for ns in self.watched), f"--peering={peering}", *extra_args]
+        self.launch(args, env, ready="Activity 'startup' succeeded", liveness_port=self.probe_port)
 
     def replica(self, name: str) -> ScopedOperator:
         """Another process with the same token and namespaces, as a second replica of the chart."""
@@ -137,17 +85,6 @@ class ScopedOperator:
             rbac=self.rbac,
             log_path=self.log_path.with_name(f"{self.log_path.stem}-{name}.log"),
         )
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
 
     def errors(self) -> list[dict[str, Any]]:
         """Log lines at ERROR or above, or that mention a refused request."""

@@ -3,11 +3,8 @@ running as a real `kopf run` subprocess whose JSON log lines the tests can wait 
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,110 +13,39 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from tests.support import wait_until
+from tests.operator_process import KopfProcess, free_port
 
-KOPF = ROOT / ".venv" / "bin" / "kopf"
 CRDS = ROOT / "crds"
 # Tests use their own peering object, so that an operator someone runs by hand against the
 # same cluster (with the default `modelship` peering) is not paused by them, nor pauses them.
 TEST_PEERING = "modelship-tests"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class OperatorProcess:
-    """`kopf run -m modelship.operator` in the background, with its log lines kept."""
+class OperatorProcess(KopfProcess):
+    """The operator watching every namespace, in the tests' peering at a priority of its own."""
 
     def __init__(
         self, kubeconfig: str, log_dir: Path, *, name: str, priority: int, extra_env: dict[str, str]
     ):
+        super().__init__(log_dir / f"{name}.log", name=name)
         self.kubeconfig = kubeconfig
-        self.log_path = log_dir / f"{name}.log"
-        self.name = name
         self.priority = priority
         self.extra_env = extra_env
-        self.port = _free_port()
-        self.process: subprocess.Popen[str] | None = None
-        self.lines: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._reader: threading.Thread | None = None
+        self.port = free_port()
 
     def start(self) -> None:
-        assert self.process is None, "already running"
         env = {
-            **os.environ,
             "KUBECONFIG": self.kubeconfig,
             "MODELSHIP_PEERING_PRIORITY": str(self.priority),
             "MODELSHIP_PEERING_LIFETIME": "10",
             **self.extra_env,
         }
-        command = [
-            str(KOPF),
-            "run",
-            "-m",
-            "modelship.operator",
-            "--all-namespaces",
-            f"--peering={TEST_PEERING}",
-            "--log-format=json",
-            f"--liveness=http://127.0.0.1:{self.port}/healthz",
-        ]
-        self.lines = []
-        self.process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
-        )
-        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
-        self._reader.start()
-        self.wait_for(lambda line: "Activity 'startup' succeeded" in line["message"], what="startup")
-
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        with self.log_path.open("a") as log:
-            for raw in process.stdout:
-                log.write(raw)
-                log.flush()
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    line = {"message": raw.rstrip("\n"), "severity": "raw"}
-                with self._lock:
-                    self.lines.append(line)
-
-    def stop(self) -> None:
-        """SIGTERM, as Kubernetes stops a pod: the operator leaves the peering on its way out."""
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        if self._reader is not None:
-            self._reader.join(timeout=10)
-        self.process = None
+        args = ["--all-namespaces", f"--peering={TEST_PEERING}"]
+        self.launch(args, env, ready="Activity 'startup' succeeded", liveness_port=self.port)
 
     def restart(self) -> None:
         self.stop()
         self.start()
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.lines)
-
-    def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 30.0, what: str = "a log line"
-    ) -> dict[str, Any]:
-        def find() -> dict[str, Any] | None:
-            assert self.process is not None and self.process.poll() is None, (
-                f"the operator exited; its log is {self.log_path}"
-            )
-            return next((line for line in self.snapshot() if predicate(line)), None)
-
-        return wait_until(find, timeout=timeout, what=f"{what} from operator {self.name}")
 
     def reconciles(self, namespace: str, name: str | None = None) -> list[dict[str, Any]]:
         """The operator's 'reconciled' lines for objects of one namespace (or one object)."""
