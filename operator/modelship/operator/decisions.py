@@ -195,9 +195,11 @@ def decide(
             applies.append(Apply(manifest, diff))
 
     target_up_to_date = all(a.manifest is not target_deployment for a in applies)
-    plan = plan_of(
-        revision.revision, outcome, states.get(revision.revision), target_up_to_date=target_up_to_date
-    )
+    target_state = states.get(revision.revision)
+    if md.autoscaling is not None and target_state is not None:
+        # A new Deployment starts with 1 pod until the HPA raises it to minReplicas: not Ready yet.
+        target_up_to_date = target_up_to_date and target_state.spec_replicas >= md.autoscaling.min_replicas
+    plan = plan_of(revision.revision, outcome, target_state, target_up_to_date=target_up_to_date)
 
     deletes = []
     for rev in plan.retire:

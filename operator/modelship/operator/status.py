@@ -84,7 +84,8 @@ def compute_status(
     desired = md.desired_replicas
     if desired is None:  # autoscaled: the size the autoscaler chose, or its floor until it has
         assert md.autoscaling is not None
-        desired = target.spec_replicas if target is not None else md.autoscaling.min_replicas
+        floor = md.autoscaling.min_replicas
+        desired = max(target.spec_replicas, floor) if target is not None else floor
     target_ready = target.ready_replicas if target is not None else 0
     failure = _target_failure(revision, plan, seen, target)
     note = _serving_note(plan, stable)
