@@ -132,9 +132,12 @@ def decide(
     measurement: canary.Verdict | None = None,
     settings: AnalysisSettings = AnalysisSettings(),
     route: Body | None = None,
+    revision: Revision | None = None,
 ) -> Decision:
-    """`route` is the live HTTPRoute named in spec.rollout.canary.trafficRouting, if any."""
-    revision = manifests.desired_revision(md, server_image=server_image)
+    """`route` is the live HTTPRoute named in spec.rollout.canary.trafficRouting, if any;
+    `revision` the spec's revision when the caller has already computed it."""
+    if revision is None:
+        revision = manifests.desired_revision(md, server_image=server_image)
     deployments = [d for d in children.deployments if _owned(d, md)]
     states = revision_states(deployments)
     state = rollout_state(md)

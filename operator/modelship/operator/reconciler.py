@@ -151,12 +151,11 @@ class Reconciler:
             await self._write_invalid(key, body, f"spec.rollout.canary.analysis: {exc}", outcome)
             self._log(key, outcome, "invalid analysis settings")
             return None
+        revision = manifests.desired_revision(md, server_image=self._config.server_image)
         measurement = None
-        if self._measure is not None:
-            revision = manifests.desired_revision(md, server_image=self._config.server_image)
-            if measurement_due(md, revision, settings, now=now):
-                measurement = await self._measure(md, revision.revision)
-                outcome.actions.append(f"analysis {measurement.verdict}")
+        if self._measure is not None and measurement_due(md, revision, settings, now=now):
+            measurement = await self._measure(md, revision.revision)
+            outcome.actions.append(f"analysis {measurement.verdict}")
         route = None
         if md.rollout.http_route is not None:
             route = await self._writer.get(kube.HTTPROUTES, md.namespace, md.rollout.http_route)
@@ -168,6 +167,7 @@ class Reconciler:
             measurement=measurement,
             settings=settings,
             route=route,
+            revision=revision,
         )
         errors: list[str] = []
         # The children are independent of each other: write them at once, not one after another.
