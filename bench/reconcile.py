@@ -44,6 +44,8 @@ from modelship.operator import client as kube
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchlib import apply_crds, wait  # noqa: E402
+
 from tests.operator_process import KopfProcess  # noqa: E402
 
 GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
@@ -63,17 +65,6 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
     return ordered[index]
-
-
-def wait(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Operator(KopfProcess):
@@ -406,6 +397,7 @@ def main() -> None:
     subprocess.run(
         [str(ROOT / ".venv" / "bin" / "python"), "-c", "import modelship.operator"], check=True, cwd=ROOT
     )
+    apply_crds(args.kubeconfig)
     api = config.new_client_from_config(config_file=args.kubeconfig)
     core = client.CoreV1Api(api)
     log_dir = ROOT / ".build" / "bench"

@@ -50,13 +50,14 @@ from modelship.operator import naming
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchlib import apply_crds, wait  # noqa: E402
+
 from tests.conftest import KWOK_ONLY  # noqa: E402
 from tests.operator import canary_models  # noqa: E402
 from tests.operator.models import manifest, model_spec  # noqa: E402
 from tests.operator_process import KopfProcess  # noqa: E402
 from tests.prometheus_support import Prometheus, ScrapedServer, ScrapedServers  # noqa: E402
 
-CRD_NAMES = ("modeldeployments.modelship.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 NAME = "fraud"
 REPLICAS = 4
 WEIGHT = 25
@@ -64,17 +65,6 @@ WEIGHT = 25
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Operator(KopfProcess):
@@ -384,24 +374,6 @@ def scrape_interval(prometheus: Prometheus) -> str:
     body = httpx.get(f"{prometheus.url}/api/v1/status/config", timeout=10).json()
     loaded = yaml.safe_load(body["data"]["yaml"])
     return str(loaded.get("global", {}).get("scrape_interval", "?"))
-
-
-def apply_crds(kubeconfig: str) -> None:
-    bin_dir = subprocess.run(
-        [str(ROOT / "hack" / "cluster"), "bin-dir"], check=True, capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
-    kubectl = [str(Path(bin_dir) / "kubectl"), "--kubeconfig", kubeconfig]
-    subprocess.run(
-        [*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds")],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    for name in CRD_NAMES:
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
 
 
 def other_operators(custom: client.CustomObjectsApi) -> set[str]:

@@ -1,0 +1,42 @@
+"""What both benchmarks need of the local cluster: the CRDs applied, and waits with deadlines.
+
+The benchmarks run as scripts (`python bench/<name>.py`), so this folder is on sys.path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import wait_until  # noqa: E402
+
+CRD_NAMES = ("modeldeployments.modelship.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
+
+
+def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """wait_until with the benchmarks' positional order."""
+    return wait_until(check, timeout=timeout, interval=interval, what=what)
+
+
+def apply_crds(kubeconfig: str) -> None:
+    bin_dir = subprocess.run(
+        [str(ROOT / "hack" / "cluster"), "bin-dir"], check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    kubectl = [str(Path(bin_dir) / "kubectl"), "--kubeconfig", kubeconfig]
+    subprocess.run(
+        [*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    for name in CRD_NAMES:
+        subprocess.run(
+            [*kubectl, "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
