@@ -101,12 +101,19 @@ def get(api: client.CustomObjectsApi, namespace: str, name: str = "m") -> dict[s
 def write_status(
     api: client.CustomObjectsApi, namespace: str, status: dict[str, Any], name: str = "m"
 ) -> None:
-    """Replace the whole status, as written, and make sure the CRD kept all of it."""
-    body = get(api, namespace, name)
-    body["status"] = status
-    api.replace_namespaced_custom_object_status(
-        naming.GROUP, naming.VERSION, namespace, naming.PLURAL, name, body
-    )
+    """Replace the whole status, as written, and make sure the CRD kept all of it.
+
+    An operator may write the status between our read and our write (a 409): read again."""
+
+    def replace() -> bool:
+        body = get(api, namespace, name)
+        body["status"] = status
+        api.replace_namespaced_custom_object_status(
+            naming.GROUP, naming.VERSION, namespace, naming.PLURAL, name, body
+        )
+        return True
+
+    wait_until(replace, timeout=15, what=f"the status of {namespace}/{name} to be replaced")
     kept = get(api, namespace, name).get("status") or {}
     assert kept == status, "the API server pruned status: crds/ lacks (part of) its schema"
 
