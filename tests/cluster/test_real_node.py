@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.real_node import is_ready, ready_real_node
 from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
 
 IMAGE = "modelship/echo:test"
 LABELS = {"app": "echo"}
-REAL_NODE_LABEL = "modelship.io/node-kind=real"
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class EchoApp:
 
     def ready_pods(self) -> list[client.V1Pod]:
         pods = self.core.list_namespaced_pod(self.namespace, label_selector="app=echo").items
-        return [p for p in pods if p.metadata.deletion_timestamp is None and _is_ready(p)]
+        return [p for p in pods if p.metadata.deletion_timestamp is None and is_ready(p)]
 
     def run_kubectl(self, *args: str) -> str:
         out = subprocess.run(
@@ -49,10 +49,6 @@ class EchoApp:
         )
         assert out.returncode == 0, f"kubectl {' '.join(args)} failed: {out.stderr}"
         return out.stdout
-
-
-def _is_ready(pod: client.V1Pod) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
 def _get_json(url: str) -> tuple[int, Any]:
@@ -80,16 +76,7 @@ def _container(**extra: Any) -> client.V1Container:
 
 @pytest.fixture(scope="module")
 def real_node(k8s_api) -> str:  # type: ignore[no-untyped-def]
-    core = client.CoreV1Api(k8s_api)
-    nodes = core.list_node(label_selector=REAL_NODE_LABEL).items
-    if not nodes:
-        pytest.fail("the cluster has no real node: run `hack/cluster up --real-node`", pytrace=False)
-    node = nodes[0]
-    if not _is_ready(node):
-        pytest.fail(f"the real node {node.metadata.name} is not Ready", pytrace=False)
-    images = {name for image in node.status.images or [] for name in image.names or []}
-    if f"docker.io/{IMAGE}" not in images:
-        pytest.fail(f"{IMAGE} is not on the real node: run `hack/images echo`", pytrace=False)
+    node = ready_real_node(client.CoreV1Api(k8s_api), f"docker.io/{IMAGE}", "hack/images echo")
     return str(node.metadata.name)
 
 
@@ -170,12 +157,12 @@ def test_readiness_probe_holds_a_pod_back_until_its_http_endpoint_answers(echo: 
         return any(e.reason == "Unhealthy" and "503" in (e.message or "") for e in events)
 
     wait_until(probe_failed_with_503, timeout=60, what="the kubelet's probe to get 503 from /ready")
-    assert not _is_ready(echo.core.read_namespaced_pod("gated", echo.namespace))
+    assert not is_ready(echo.core.read_namespaced_pod("gated", echo.namespace))
 
     echo.run_kubectl("exec", "gated", "--", "python3", "-c", "open('/tmp/ready', 'w').close()")
 
     wait_until(
-        lambda: _is_ready(echo.core.read_namespaced_pod("gated", echo.namespace)),
+        lambda: is_ready(echo.core.read_namespaced_pod("gated", echo.namespace)),
         timeout=30,
         what="the gated pod to become Ready",
     )

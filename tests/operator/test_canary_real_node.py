@@ -36,6 +36,7 @@ from onnx import TensorProto, helper
 from tests.operator import canary_models
 from tests.operator.conftest import OperatorProcess
 from tests.operator.models import Models
+from tests.real_node import is_ready, ready_real_node
 from tests.server import models as server_models
 from tests.support import wait_until
 
@@ -45,7 +46,6 @@ if TYPE_CHECKING:  # imported by pytest_plugins, where pytest rewrites its asser
 pytestmark = pytest.mark.cluster
 pytest_plugins = ["tests.prometheus_support"]
 
-REAL_NODE_LABEL = "modelship.io/node-kind=real"
 SERVER_IMAGE = f"docker.io/{naming.DEFAULT_SERVER_IMAGE}"
 NAME = "labels"
 REPLICAS = 3
@@ -81,23 +81,10 @@ def good_labels() -> onnx.ModelProto:
     return model
 
 
-def is_ready(obj: client.V1Pod | client.V1Node) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in obj.status.conditions or [])
-
-
 @pytest.fixture
 def real_node(k8s_api: client.ApiClient) -> client.V1Node:
     """The Ready real node with the server image; fails, saying what to run, when there is none."""
-    nodes = client.CoreV1Api(k8s_api).list_node(label_selector=REAL_NODE_LABEL).items
-    if not nodes:
-        pytest.fail("the cluster has no real node: run `hack/cluster up --real-node`", pytrace=False)
-    node = nodes[0]
-    if not is_ready(node):
-        pytest.fail(f"the real node {node.metadata.name} is not Ready", pytrace=False)
-    images = {name for image in node.status.images or [] for name in image.names or []}
-    if SERVER_IMAGE not in images:
-        pytest.fail(f"{SERVER_IMAGE} is not on the real node: run `hack/images server`", pytrace=False)
-    return node
+    return ready_real_node(client.CoreV1Api(k8s_api), SERVER_IMAGE, "hack/images server")
 
 
 def host_address(node: client.V1Node) -> str:
