@@ -11,6 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -40,3 +43,18 @@ def apply_crds(kubeconfig: str) -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+
+
+def delete_namespace(core: client.CoreV1Api, name: str, timeout: float, interval: float) -> None:
+    """Delete a namespace and wait until it is gone: the next run should not share the cluster
+    with this one's garbage collection."""
+    core.delete_namespace(name, propagation_policy="Background")
+
+    def gone() -> bool:
+        try:
+            core.read_namespace(name)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait(gone, timeout, f"namespace {name} to be deleted", interval)

@@ -44,7 +44,7 @@ from modelship.operator import client as kube
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchlib import apply_crds, wait  # noqa: E402
+from benchlib import apply_crds, delete_namespace, wait  # noqa: E402
 
 from tests.operator_process import KopfProcess  # noqa: E402
 
@@ -367,18 +367,8 @@ def run(count: int, replicas: int, kubeconfig: str, api: client.ApiClient, log_d
     finally:
         watcher.stop.set()
         operator.stop()
-        core.delete_namespace(namespace, propagation_policy="Background")
         log(f"N={count}: deleting {namespace}")
-
-        def gone() -> bool:
-            try:
-                core.read_namespace(namespace)
-            except ApiException as exc:
-                return exc.status == 404
-            return False
-
-        # The next run should not share the cluster with this one's garbage collection.
-        wait(gone, 600, f"namespace {namespace} to be deleted", 1.0)
+        delete_namespace(core, namespace, 600, 1.0)
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ from modelship.operator import naming
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchlib import apply_crds, wait  # noqa: E402
+from benchlib import apply_crds, delete_namespace, wait  # noqa: E402
 
 from tests.conftest import KWOK_ONLY  # noqa: E402
 from tests.operator import canary_models  # noqa: E402
@@ -401,16 +401,7 @@ def namespace_on_kwok(core: client.CoreV1Api) -> Iterator[str]:
         yield name
     finally:
         log(f"deleting namespace {name}")
-        core.delete_namespace(name, propagation_policy="Background")
-
-        def gone() -> bool:
-            try:
-                core.read_namespace(name)
-            except ApiException as exc:
-                return exc.status == 404
-            return False
-
-        wait(gone, 300, f"namespace {name} to be deleted", 0.5)
+        delete_namespace(core, name, 300, 0.5)
 
 
 def rollout_settings(interval: str, failure_limit: int) -> dict[str, Any]:
