@@ -31,7 +31,7 @@ deps: ## install the Debian packages of the real node, the images and Prometheus
 	hack/deps
 
 .PHONY: images
-images: deps ## build the server, operator and test images with podman into .build/images (no Docker)
+images: deps install ## build the server, operator and test images with podman into .build/images (no Docker)
 	hack/images
 
 .PHONY: cluster-up
@@ -39,8 +39,7 @@ cluster-up: cluster-build ## start the local cluster (idempotent) and write .clu
 	$(CLUSTER) up
 
 .PHONY: cluster-down
-cluster-down: ## stop the local cluster (and the demo's operator) and remove its state
-	-hack/demo stop 2>/dev/null
+cluster-down: ## stop the local cluster (the demo with it) and remove its state
 	$(CLUSTER) down
 
 .PHONY: cluster-status
@@ -48,11 +47,15 @@ cluster-status: ## say what of the local cluster runs
 	$(CLUSTER) status
 
 .PHONY: demo
-demo: install cluster-up ## the main job: cluster up, operator running, examples/minimal.yaml Ready
+demo: install deps cluster-build images ## the main job: cluster with its real node, the operator installed by helm, examples/minimal.yaml serving a real prediction
 	hack/demo
 
+.PHONY: demo-canary
+demo-canary: install ## after `make demo`: roll version 2 out with examples/canary.yaml under live traffic, watching until Healthy
+	hack/demo canary
+
 .PHONY: demo-stop
-demo-stop: ## stop the demo's operator and delete its namespace
+demo-stop: ## uninstall the demo's operator and delete its namespace
 	hack/demo stop
 
 .PHONY: test
@@ -70,14 +73,14 @@ bench-rollout: install cluster-up ## time a bad canary's rollback: first failing
 
 .PHONY: lint
 lint: install ## ruff and mypy
-	$(VENV)/bin/ruff check operator server_image tests bench
-	$(VENV)/bin/ruff format --check operator server_image tests bench
+	$(VENV)/bin/ruff check operator server_image tests bench hack
+	$(VENV)/bin/ruff format --check operator server_image tests bench hack
 	$(VENV)/bin/mypy operator/modelship server_image/modelship
 
 .PHONY: fmt
 fmt: install ## format the Python code
-	$(VENV)/bin/ruff check --fix operator server_image tests bench
-	$(VENV)/bin/ruff format operator server_image tests bench
+	$(VENV)/bin/ruff check --fix operator server_image tests bench hack
+	$(VENV)/bin/ruff format operator server_image tests bench hack
 
 .PHONY: clean
 clean: ## remove .venv and caches (not the binary cache in ~/.cache/modelship)

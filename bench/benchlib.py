@@ -17,6 +17,7 @@ from kubernetes.client.rest import ApiException
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.operator_process import KopfProcess  # noqa: E402
 from tests.support import wait_until  # noqa: E402
 
 CRD_NAMES = ("modeldeployments.modelship.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
@@ -58,3 +59,20 @@ def delete_namespace(core: client.CoreV1Api, name: str, timeout: float, interval
         return False
 
     wait(gone, timeout, f"namespace {name} to be deleted", interval)
+
+
+class StandaloneOperator(KopfProcess):
+    """The operator alone (`--standalone`) on one namespace, its analysis asking `prometheus_url`."""
+
+    def __init__(self, kubeconfig: str, namespace: str, prometheus_url: str, log_path: Path) -> None:
+        super().__init__(log_path, name="bench")
+        self.env = {"KUBECONFIG": kubeconfig, "MODELSHIP_PROMETHEUS_URL": prometheus_url}
+        self.namespace = namespace
+
+    def start(self) -> None:
+        self.launch(
+            [f"--namespace={self.namespace}", "--standalone"],
+            self.env,
+            ready="Activity 'startup' succeeded",
+            timeout=60,
+        )

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchlib import apply_crds, delete_namespace, wait  # noqa: E402
 
+from tests.conftest import fresh_namespace_name  # noqa: E402
 from tests.operator_process import KopfProcess  # noqa: E402
 
 GROUP, VERSION, PLURAL = "modelship.io", "v1alpha1", "modeldeployments"
@@ -180,7 +180,7 @@ def baseline(kubeconfig: str, core: client.CoreV1Api, count: int, concurrency: i
     once as the operator would, without the operator. Seconds from the burst's start to each
     pair existing."""
 
-    namespace = f"bench-floor-{uuid.uuid4().hex[:6]}"
+    namespace = fresh_namespace_name("bench-floor")
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
 
     async def burst() -> list[float]:
@@ -272,7 +272,7 @@ def model_deployment(name: str, replicas: int) -> dict[str, Any]:
 
 def run(count: int, replicas: int, kubeconfig: str, api: client.ApiClient, log_dir: Path) -> dict[str, Any]:
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    namespace = f"bench-{count}x{replicas}-{uuid.uuid4().hex[:6]}"
+    namespace = fresh_namespace_name(f"bench-{count}x{replicas}")
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     operator = Operator(kubeconfig, namespace, log_dir / f"operator-{count}x{replicas}.log")
     watcher = Watcher(api, namespace)

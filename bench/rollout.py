@@ -33,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,12 +49,12 @@ from modelship.operator import naming
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchlib import StandaloneOperator as Operator  # noqa: E402
 from benchlib import apply_crds, delete_namespace, wait  # noqa: E402
 
-from tests.conftest import KWOK_ONLY  # noqa: E402
+from tests.conftest import KWOK_ONLY, fresh_namespace_name  # noqa: E402
 from tests.operator import canary_models  # noqa: E402
 from tests.operator.models import manifest, model_spec  # noqa: E402
-from tests.operator_process import KopfProcess  # noqa: E402
 from tests.prometheus_support import Prometheus, ScrapedServer, ScrapedServers  # noqa: E402
 
 NAME = "fraud"
@@ -65,23 +64,6 @@ WEIGHT = 25
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-class Operator(KopfProcess):
-    """The operator alone (`--standalone`) on one namespace, its analysis asking `prometheus_url`."""
-
-    def __init__(self, kubeconfig: str, namespace: str, prometheus_url: str, log_path: Path) -> None:
-        super().__init__(log_path, name="bench")
-        self.env = {"KUBECONFIG": kubeconfig, "MODELSHIP_PROMETHEUS_URL": prometheus_url}
-        self.namespace = namespace
-
-    def start(self) -> None:
-        self.launch(
-            [f"--namespace={self.namespace}", "--standalone"],
-            self.env,
-            ready="Activity 'startup' succeeded",
-            timeout=60,
-        )
 
 
 class ListWatch:
@@ -395,7 +377,7 @@ def other_operators(custom: client.CustomObjectsApi) -> set[str]:
 @contextmanager
 def namespace_on_kwok(core: client.CoreV1Api) -> Iterator[str]:
     """A fresh namespace whose pods land on KWOK nodes; deleted, and waited for, at the end."""
-    name = f"bench-rollout-{uuid.uuid4().hex[:6]}"
+    name = fresh_namespace_name("bench-rollout")
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, annotations=KWOK_ONLY)))
     try:
         yield name

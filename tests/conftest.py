@@ -61,10 +61,20 @@ KWOK_ONLY = {
 }
 
 
+# Every namespace the tests and benchmarks make starts with this: an operator someone else runs on the
+# same cluster (`make demo` installs one for the whole cluster) is told to leave these alone
+# (MODELSHIP_IGNORE_NAMESPACES=mst-*), so the tests' own operators are the only ones acting there.
+TEST_NAMESPACE_PREFIX = "mst-"
+
+
+def fresh_namespace_name(base: str) -> str:
+    """A fresh namespace name for a test or benchmark: the prefix, `base`, a random suffix."""
+    base = "".join(c for c in base.lower().replace("_", "-") if c.isalnum() or c == "-")[:40].strip("-")
+    return f"{TEST_NAMESPACE_PREFIX}{base}-{uuid.uuid4().hex[:6]}"
+
+
 def _namespace_name(request: pytest.FixtureRequest) -> str:
-    base = request.node.name.lower().replace("_", "-")
-    base = "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-")
-    return f"{base}-{uuid.uuid4().hex[:6]}"
+    return fresh_namespace_name(request.node.name)
 
 
 @pytest.fixture
@@ -76,4 +86,32 @@ def namespace(k8s_api, request: pytest.FixtureRequest) -> Iterator[str]:  # type
     name = _namespace_name(request)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, annotations=KWOK_ONLY)))
     yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    _delete_namespace(core, name)
+
+
+# What the Pod Security admission enforces in a namespace whose pods run on the real node: the
+# operator's pods must pass the `restricted` profile, as on a cluster that enforces it.
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
+
+
+@pytest.fixture
+def real_namespace(k8s_api, request: pytest.FixtureRequest) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A fresh namespace whose pods run on the real node (no KWOK-only annotations), enforcing the
+    `restricted` Pod Security profile; deleted (in the background) afterwards."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(k8s_api)
+    name = _namespace_name(request)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=RESTRICTED)))
+    yield name
+    _delete_namespace(core, name)
+
+
+def _delete_namespace(core, name: str) -> None:  # type: ignore[no-untyped-def]
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        core.delete_namespace(name, propagation_policy="Background")
+    except ApiException as exc:
+        if exc.status != 404:  # already gone is what we wanted
+            raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pytest
@@ -27,3 +28,17 @@ def ready_real_node(core: Any, image: str, build: str) -> Any:
     if image not in images:
         pytest.fail(f"{image} is not on the real node: run `{build}`", pytrace=False)
     return node
+
+
+def routed_into_node(ip: str) -> str:
+    """`ip`, once the host's routing table sends it into the local cluster's node (the veth pair
+    `ms-*` of hack/cluster) or to loopback; fails the test before any packet is sent otherwise,
+    for without the real node a ClusterIP would leave the machine through the default route."""
+    route = subprocess.run(["ip", "route", "get", ip], capture_output=True, text=True, timeout=10)
+    words = route.stdout.split()
+    device = words[words.index("dev") + 1] if "dev" in words else ""
+    if route.returncode != 0 or not (device.startswith("ms-") or device == "lo"):
+        pytest.fail(
+            f"{ip} is not routed into the local node ({route.stdout.strip() or route.stderr.strip()})"
+        )
+    return ip

@@ -10,7 +10,6 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.real_node import is_ready, ready_real_node
+from tests.conftest import fresh_namespace_name
+from tests.real_node import is_ready, ready_real_node, routed_into_node
 from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -37,7 +37,7 @@ class EchoApp:
     kubectl: list[str]
 
     def service_ip(self, name: str) -> str:
-        return str(self.core.read_namespaced_service(name, self.namespace).spec.cluster_ip)
+        return routed_into_node(str(self.core.read_namespaced_service(name, self.namespace).spec.cluster_ip))
 
     def ready_pods(self) -> list[client.V1Pod]:
         pods = self.core.list_namespaced_pod(self.namespace, label_selector="app=echo").items
@@ -84,7 +84,7 @@ def real_node(k8s_api) -> str:  # type: ignore[no-untyped-def]
 def echo(k8s_api, real_node: str, kubeconfig: str, kube_bin_dir: Path) -> Iterator[EchoApp]:  # type: ignore[no-untyped-def]
     """A one-replica Deployment of the echo image with a Service, and a second Service, `peer`."""
     core, apps = client.CoreV1Api(k8s_api), client.AppsV1Api(k8s_api)
-    namespace = f"real-node-{uuid.uuid4().hex[:6]}"
+    namespace = fresh_namespace_name("real-node")
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     try:
         apps.create_namespaced_deployment(

@@ -136,8 +136,8 @@ def scoped_operator(
     (not started: call `start`). With `cluster_role` the chart is rendered for the whole
     cluster (ClusterRole), though the process still watches only its own namespaces."""
     suffix = uuid.uuid4().hex[:6]
-    release_ns = f"ms-op-{suffix}"
-    watched_ns = [f"ms-w{i}-{suffix}" for i in range(watched)]
+    release_ns = f"mst-op-{suffix}"
+    watched_ns = [f"mst-w{i}-{suffix}" for i in range(watched)]
     release = f"rbac-{suffix}"  # unique: ClusterRole names are cluster-wide
     values = {} if cluster_role else {"watchNamespaces": "{" + ",".join(watched_ns) + "}"}
     values["rbac.namespaceScan"] = str(namespace_scan).lower()

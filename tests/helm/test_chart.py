@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import fresh_namespace_name
 from tests.helm.chart import CHART, helm, of_kind, one, render, render_text, set_args
 
 pytestmark = pytest.mark.cluster
@@ -162,7 +163,7 @@ def test_bad_values_are_rejected_with_a_message_naming_the_value(
 def own_namespaces(kube_bin_dir: Path, kubeconfig: str) -> Iterator[list[str]]:
     """Two namespaces for a dry-run (the release's and a watched one), the first one enforcing
     the restricted Pod Security profile."""
-    names = [f"helm-dry-{uuid.uuid4().hex[:6]}", f"helm-dry-w-{uuid.uuid4().hex[:6]}"]
+    names = [fresh_namespace_name("helm-dry"), fresh_namespace_name("helm-dry-w")]
     kubectl = [str(kube_bin_dir / "kubectl"), "--kubeconfig", kubeconfig]
     for name in names:
         subprocess.run([*kubectl, "create", "namespace", name], check=True, capture_output=True)

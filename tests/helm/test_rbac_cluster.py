@@ -79,13 +79,13 @@ def test_an_autoscaled_model_gets_its_hpa_and_loses_it_when_autoscaling_is_remov
     ns = namespaced.watched[1]
     namespaced.kubectl("apply", "--server-side", "-n", ns, "-f", str(AUTOSCALED))
     models = Models(k8s_api, ns)
-    models.wait_ready("churn", timeout=60)
+    models.wait_ready("iris-autoscaled", timeout=60)
     autoscaling = client.AutoscalingV2Api(k8s_api)
-    selector = f"{naming.LABEL_MODEL_DEPLOYMENT}=churn"
+    selector = f"{naming.LABEL_MODEL_DEPLOYMENT}=iris-autoscaled"
     assert autoscaling.list_namespaced_horizontal_pod_autoscaler(ns, label_selector=selector).items
 
-    models.patch("churn", {"spec": {"autoscaling": None, "replicas": 2}})
-    models.wait_ready("churn", timeout=60)
+    models.patch("iris-autoscaled", {"spec": {"autoscaling": None, "replicas": 2}})
+    models.wait_ready("iris-autoscaled", timeout=60)
     wait_until(
         lambda: not autoscaling.list_namespaced_horizontal_pod_autoscaler(ns, label_selector=selector).items,
         timeout=60,

@@ -18,7 +18,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from onnx import TensorProto, helper
 from tests.operator import canary_models
 from tests.operator.conftest import OperatorProcess
 from tests.operator.models import Models
-from tests.real_node import is_ready, ready_real_node
+from tests.real_node import is_ready, ready_real_node, routed_into_node
 from tests.server import models as server_models
 from tests.support import wait_until
 
@@ -145,18 +144,6 @@ def model_files(real_node: client.V1Node, tmp_path: Path) -> Iterator[ModelFiles
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
-
-
-@pytest.fixture
-def real_namespace(k8s_api: client.ApiClient) -> Iterator[str]:
-    """A fresh namespace without the KWOK-only annotations of `namespace`: its pods go to the real node."""
-    core = client.CoreV1Api(k8s_api)
-    name = f"canary-real-node-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    try:
-        yield name
-    finally:
-        core.delete_namespace(name, propagation_policy="Background")
 
 
 class PodTargets:
@@ -386,7 +373,7 @@ def test_a_failing_canary_on_the_real_node_is_rolled_back_and_the_stable_pods_se
     )
 
     core = models.core
-    cluster_ip = core.read_namespaced_service(NAME, ns).spec.cluster_ip
+    cluster_ip = routed_into_node(core.read_namespaced_service(NAME, ns).spec.cluster_ip)
     url = f"http://{cluster_ip}/v2/models/{NAME}/infer"
     wait_until(
         lambda: sum(bool(e.conditions.ready) for e in endpoints(models)) == REPLICAS,

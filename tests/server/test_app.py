@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 from fastapi import FastAPI, Request, Response
 from modelship.server.app import InferenceFastPath
@@ -21,7 +23,7 @@ async def _bug(request: Request) -> Response:
     raise RuntimeError("a bug")
 
 
-def _client() -> httpx.AsyncClient:
+def _client(draining: Callable[[], bool] = lambda: False) -> httpx.AsyncClient:
     fallback = FastAPI()
 
     @fallback.get("/other")
@@ -35,6 +37,7 @@ def _client() -> httpx.AsyncClient:
             Route("/refuse", _refuse, methods=["POST"]),
             Route("/bug", _bug, methods=["POST"]),
         ],
+        draining=draining,
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
@@ -52,3 +55,19 @@ async def test_request_errors_and_bugs_answer_json() -> None:
         assert refused.status_code == 413 and refused.json() == {"error": "too big"}
         bug = await client.post("/bug")
         assert bug.status_code == 500 and bug.json() == {"error": "internal server error: RuntimeError"}
+
+
+async def test_once_draining_every_answer_closes_its_connection() -> None:
+    draining = False
+    async with _client(lambda: draining) as client:
+        assert "connection" not in (await client.post("/m/abc/ok")).headers
+        assert "connection" not in (await client.get("/other")).headers
+        draining = True
+        for response in (
+            await client.post("/m/abc/ok"),
+            await client.post("/refuse"),
+            await client.get("/other"),
+            await client.post("/nowhere"),
+        ):
+            assert response.headers.get_list("connection") == ["close"], response.request.url
+        assert (await client.post("/m/abc/ok")).json() == {"name": "abc"}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import http.client
 import re
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from modelship.server.main import IDLE_CLOSE_SECONDS
 
 from tests.server import models
 from tests.server.conftest import ModelHost, StartServer
@@ -134,7 +137,7 @@ def _inflight(url: str) -> float:
     return 0.0
 
 
-def test_sigterm_fails_readiness_at_once_and_lets_requests_in_flight_finish(
+def test_sigterm_fails_readiness_at_once_and_still_serves_every_request(
     start_server: StartServer, slow_model: Path, tmp_path: Path
 ) -> None:
     server = start_server(
@@ -155,10 +158,149 @@ def test_sigterm_fails_readiness_at_once_and_lets_requests_in_flight_finish(
         )
         assert not slow.done(), "the slow request should still be running"
         assert ready.json() == {"error": "the server is shutting down"}
-        refused = _slow_request(server.url)
-        assert refused.status_code == 503 and refused.json() == {"error": "the server is shutting down"}
-        assert slow.result(timeout=60).status_code == 200
+        served = _slow_request(server.url)
+        assert served.status_code == 200 and served.headers["connection"] == "close"
+        finished = slow.result(timeout=60)
+        assert finished.status_code == 200 and finished.headers["connection"] == "close"
     assert server.wait_exit(timeout=30) == 0
+
+
+_MLP_BODY = orjson.dumps(
+    {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+)
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection on a plain socket: unlike a client library's pool, it shows
+    whether the server closed it."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+
+    def infer(self) -> http.client.HTTPResponse:
+        self.sock.sendall(
+            b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(_MLP_BODY), _MLP_BODY)
+        )
+        response = http.client.HTTPResponse(self.sock)
+        response.begin()
+        response.read()
+        return response
+
+    def closed_by_server(self, timeout: float) -> bool:
+        """Whether the server closes the connection within `timeout` (it sends nothing unasked)."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b""
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _mlp_env(model_dir: Path, tmp_path: Path) -> dict[str, str]:
+    return _env(str(model_dir / "mlp.onnx"), tmp_path, MODELSHIP_GRACE_PERIOD_SECONDS="30")
+
+
+def test_after_sigterm_each_connection_gets_its_answer_and_is_then_closed(
+    start_server: StartServer, model_dir: Path, tmp_path: Path
+) -> None:
+    server = start_server(_mlp_env(model_dir, tmp_path))
+    assert server.proc is not None
+    with contextlib.closing(_Connection(server.port)) as kept:
+        first = kept.infer()
+        assert first.status == 200 and first.getheader("connection") is None
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        statuses: list[int] = []
+
+        def closing() -> bool:
+            # Never idle for long, the connection is not closed under a request, only after a response.
+            response = kept.infer()
+            statuses.append(response.status)
+            return response.getheader("connection") == "close"
+
+        wait_until(closing, timeout=10, interval=0.02, what="a response with Connection: close")
+        assert set(statuses) == {200}
+        assert kept.closed_by_server(timeout=10)
+    ready = httpx.get(f"{server.url}/v2/health/ready")
+    assert ready.status_code == 503 and ready.json() == {"error": "the server is shutting down"}
+    with contextlib.closing(_Connection(server.port)) as new:
+        response = new.infer()
+        assert response.status == 200 and response.getheader("connection") == "close"
+        assert new.closed_by_server(timeout=10)
+    assert server.wait_exit(timeout=30) == 0
+    assert time.monotonic() - signalled < 10, "the process should exit once its connections are gone"
+
+
+def test_after_sigterm_an_idle_connection_is_closed_and_the_process_exits(
+    start_server: StartServer, model_dir: Path, tmp_path: Path
+) -> None:
+    server = start_server(_mlp_env(model_dir, tmp_path))
+    assert server.proc is not None
+    with contextlib.closing(_Connection(server.port)) as idle:
+        sent = time.monotonic()
+        assert idle.infer().status == 200
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert idle.closed_by_server(timeout=10)
+        idle_for = time.monotonic() - sent
+    assert server.wait_exit(timeout=30) == 0
+    assert time.monotonic() - signalled < 10, "the process should exit well before its grace period"
+    assert idle_for >= IDLE_CLOSE_SECONDS, "closed the moment it went idle: a client could be sending on it"
+    drained = re.search(r"drained (\d+) connection\(s\) and 0 request\(s\)", server.log())
+    assert drained and int(drained[1]) >= 1, server.log()
+
+
+def test_steady_keep_alive_load_across_sigterm_sees_no_error(
+    start_server: StartServer, model_dir: Path, tmp_path: Path
+) -> None:
+    server = start_server(_mlp_env(model_dir, tmp_path))
+    assert server.proc is not None
+    workers = 4
+    answered = [0] * workers
+    closing = [0] * workers  # answers with `Connection: close`, each followed by a new connection
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load(worker: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    response = client.post("/v2/models/m/infer", content=_MLP_BODY)
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    return
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text}")
+                    return
+                answered[worker] += 1
+                closing[worker] += response.headers.get("connection") == "close"
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        running = [pool.submit(load, worker) for worker in range(workers)]
+        try:
+            wait_until(lambda: min(answered) >= 20 or failures, timeout=30, interval=0.02, what="the load")
+            assert sum(closing) == 0, "before SIGTERM the connections should be kept alive"
+            server.proc.send_signal(signal.SIGTERM)
+            wait_until(
+                lambda: min(closing) >= 20 or failures,
+                timeout=30,
+                interval=0.02,
+                what="every client to be answered and reconnect many times",
+            )
+        finally:
+            stop.set()
+        for future in running:
+            future.result(timeout=60)
+    stopped = time.monotonic()
+    assert failures == []
+    assert server.wait_exit(timeout=30) == 0
+    exited_after = time.monotonic() - stopped
+    assert exited_after < 5, f"exited {exited_after:.2f}s after the load stopped"
+    assert re.search(r"drained \d+ connection\(s\) and \d+ request\(s\)", server.log())
 
 
 def test_the_process_exits_when_the_grace_period_is_over(

@@ -291,6 +291,19 @@ def test_v1_with_several_inputs_takes_objects_per_instance() -> None:
     }
 
 
+def test_v1_a_classifiers_label_and_probabilities_are_one_object_per_row() -> None:
+    # onnxruntime hands int64 outputs back as numpy.longlong, which orjson cannot encode as a scalar.
+    label = np.array([2, 1], dtype=np.longlong)
+    probabilities = np.array([[0.1, 0.2, 0.7], [0.0, 1.0, 0.0]], dtype=np.float32)
+    out = encode_v1_response({"label": label, "probabilities": probabilities}, ["label", "probabilities"])
+    assert orjson.loads(out) == {
+        "predictions": [
+            {"label": 2, "probabilities": pytest.approx([0.1, 0.2, 0.7])},
+            {"label": 1, "probabilities": [0.0, 1.0, 0.0]},
+        ]
+    }
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [

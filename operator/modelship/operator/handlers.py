@@ -46,6 +46,7 @@ class Runtime:
     reconciler: Reconciler
     queue: WorkQueue[Key]
     measurer: measuring.Measurer
+    served: watching.Served
 
 
 def post_event(md: ModelDeployment, type: str, reason: str, message: str) -> None:
@@ -139,7 +140,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     await _prepare_peering(settings, config, client, params)
 
     cache = ObjectCache()
-    served = watching.Served.from_options(settings.peering.clusterwide, list(params.get("namespaces") or ()))
+    served = watching.Served.from_options(
+        settings.peering.clusterwide, list(params.get("namespaces") or ()), config.ignore_namespaces
+    )
     listed = await watching.prefill(client, cache, served, MANAGED_SELECTOR)
     measurer = measuring.Measurer(config.prometheus_url)
     reconciler = Reconciler(
@@ -147,7 +150,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     queue: WorkQueue[Key] = WorkQueue(reconciler.reconcile, concurrency=config.concurrency)
     memo.runtime = Runtime(
-        config=config, client=client, cache=cache, reconciler=reconciler, queue=queue, measurer=measurer
+        config=config,
+        client=client,
+        cache=cache,
+        reconciler=reconciler,
+        queue=queue,
+        measurer=measurer,
+        served=served,
     )
     logger.info(
         "server image %s, %d reconciles at once, %d children listed",
@@ -183,6 +192,8 @@ def probe(memo: kopf.Memo, **_: Any) -> dict[str, int | bool]:
 def _changed(memo: Any, kind: str, event: Mapping[str, Any], body: kopf.Body) -> None:
     """Keep the cache current, tell the reconciler which version it now holds, reconcile."""
     runtime: Runtime = memo.runtime
+    if runtime.served.ignored and not runtime.served.includes(body.metadata.namespace or ""):
+        return
     event_type = event.get("type")
     key = runtime.cache.apply_event(kind, event_type, body)
     if key is None:

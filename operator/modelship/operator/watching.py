@@ -53,20 +53,24 @@ def is_literal(pattern: str) -> bool:
 
 @dataclass(frozen=True)
 class Served:
-    """None for the whole cluster; else literal namespaces, or patterns to filter a cluster-wide LIST."""
+    """None for the whole cluster; else literal namespaces, or patterns to filter a cluster-wide LIST;
+    minus the `ignored` globs (MODELSHIP_IGNORE_NAMESPACES), whose events the handlers drop."""
 
     namespaces: tuple[str, ...] | None
     patterns: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
 
     @classmethod
-    def from_options(cls, clusterwide: bool, patterns: Sequence[str]) -> Served:
+    def from_options(cls, clusterwide: bool, patterns: Sequence[str], ignored: Sequence[str] = ()) -> Served:
         if clusterwide or not patterns:
-            return cls(None)
+            return cls(None, ignored=tuple(ignored))
         if all(is_literal(p) for p in patterns):
-            return cls(tuple(patterns))
-        return cls(None, tuple(patterns))
+            return cls(tuple(patterns), ignored=tuple(ignored))
+        return cls(None, tuple(patterns), tuple(ignored))
 
     def includes(self, namespace: str) -> bool:
+        if any(fnmatch.fnmatchcase(namespace, glob) for glob in self.ignored):
+            return False
         if self.patterns:
             return any(namespace_matches(namespace, pattern) for pattern in self.patterns)
         return self.namespaces is None or namespace in self.namespaces

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -23,7 +24,7 @@ from modelship.server.runtime import InferenceError
 from modelship.server.state import Phase, ServerState
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("modelship.server.app")
 
@@ -50,17 +51,25 @@ def _bug(request: Request, exc: Exception) -> Response:
     return _error(500, f"internal server error: {type(exc).__name__}")
 
 
+def _never() -> bool:
+    return False
+
+
 class InferenceFastPath:
     """The ASGI app uvicorn runs: inference POSTs go straight to their handler, everything else to FastAPI.
 
     FastAPI's middleware stack and router cost tens of microseconds a request, a good part of what the
     server spends per inference, and the inference handlers need none of it: they take the raw request
     and answer their errors themselves.
+
+    Once `draining()` is true, every response carries `Connection: close`: uvicorn (httptools or h11)
+    then closes the connection after it, and the client reconnects to a pod that is not going away.
     """
 
-    def __init__(self, app: FastAPI, routes: list[Route]) -> None:
+    def __init__(self, app: FastAPI, routes: list[Route], draining: Callable[[], bool] = _never) -> None:
         self.app = app
         self.routes = routes
+        self.draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -69,9 +78,20 @@ class InferenceFastPath:
                 if match is Match.FULL:
                     scope.update(child_scope)
                     response = await self._respond(route, Request(scope, receive))
-                    await response(scope, receive, send)
+                    # Asked once the answer is ready, so that a request in flight when the drain began
+                    # closes its connection too; the wrapper costs a little, hence not in every request.
+                    await response(scope, receive, self._closing(send) if self.draining() else send)
                     return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, self._closing(send) if scope["type"] == "http" else send)
+
+    def _closing(self, send: Send) -> Send:
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.draining():
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return send_closing
 
     @staticmethod
     async def _respond(route: Route, request: Request) -> Response:
@@ -140,11 +160,10 @@ def create_app(state: ServerState) -> InferenceFastPath:
         return b"".join(chunks)
 
     async def run_inference(request: Request, v1: bool) -> Response:
-        reason = not_ready_reason()
-        if reason is not None:
-            raise RequestError(503, reason)
+        # Served while draining too: a 503 would only fail a request that this pod can still answer.
         runtime, runner = state.runtime, state.runner
-        assert runtime is not None and runner is not None
+        if runtime is None or runner is None:
+            raise RequestError(503, "the model is loading")
         body = await read_body(request)
         if v1:
             feeds, rows = protocol.decode_v1_request(body, runtime.signature)
@@ -274,4 +293,4 @@ def create_app(state: ServerState) -> InferenceFastPath:
     async def on_bug(request: Request, exc: Exception) -> Response:
         return _bug(request, exc)
 
-    return InferenceFastPath(app, inference_routes)
+    return InferenceFastPath(app, inference_routes, draining=lambda: state.phase is Phase.DRAINING)

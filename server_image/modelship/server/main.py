@@ -20,6 +20,7 @@ from modelship.server.errors import ModelLoadError
 from modelship.server.fetch import fetch_model
 from modelship.server.runtime import ModelRuntime
 from modelship.server.state import ServerState
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("modelship.server")
 
@@ -50,10 +51,55 @@ def load_runtime(settings: Settings) -> ModelRuntime:
     return runtime
 
 
+# How long a keep-alive connection must sit idle before the drain closes it. Closing one the moment it goes
+# idle races the client, which may be writing its next request on it right then (and gets a reset instead
+# of an answer); one idle this long most likely sits unused in a client's pool. A second is far above the
+# gap between the requests of a client under load, whose connection gets `Connection: close` on its next
+# response instead.
+IDLE_CLOSE_SECONDS = 1.0
+_DRAIN_TICK_SECONDS = 0.05
+
+
+class _DrainableHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus what the drain needs and uvicorn does not keep: how long a
+    connection has been idle. The uvicorn internals the drain relies on are all here: `cycle` (the request
+    being read or answered, None before the first), the `on_response_complete` callback, and `shutdown()`
+    (close now if idle, else right after the response)."""
+
+    accepted = 0  # connections this process has accepted: one server a process
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        _DrainableHttp.accepted += 1
+        self._active_at = time.monotonic()
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._active_at = time.monotonic()
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        self._active_at = time.monotonic()
+        super().on_response_complete()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the last byte came in or the last response went out; 0 while a request is open."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            return 0.0
+        return now - self._active_at
+
+
 class _DrainingServer(uvicorn.Server):
-    """uvicorn, except that the first SIGTERM or SIGINT drains: readiness fails at once, the listener
-    stays open (answering 503 to new inference requests) until the requests in flight are done or the
-    grace period is over, and only then does the process exit. A second signal exits at once."""
+    """uvicorn, except that the first SIGTERM or SIGINT drains the connections instead of cutting them.
+
+    Readiness fails at once, but every request is still served and the listener stays open: the Service
+    stops sending new connections only after a while, and conntrack keeps the ones clients hold pinned to
+    this pod. Each response from then on carries `Connection: close` (app.py), so its client reconnects, and
+    the Service sends it to a pod that stays. An idle keep-alive connection has no response to carry that,
+    so it is closed once it has been idle for IDLE_CLOSE_SECONDS (why not at once: see there). The process
+    exits when no request is in flight and no connection has been open for as long (a connection still
+    arriving means something still routes here), or when the grace period is over; a second signal exits
+    at once.
+    """
 
     def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
         super().__init__(config)
@@ -90,9 +136,28 @@ class _DrainingServer(uvicorn.Server):
         self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        grace = self._state.settings.grace_period_seconds
-        deadline = time.monotonic() + grace
-        if not await self._state.wait_idle(grace):
+        connections = self.server_state.connections
+        started = busy_at = time.monotonic()
+        deadline = started + self._state.settings.grace_period_seconds
+        accepted_before = _DrainableHttp.accepted - len(connections)
+        answered_before = self.server_state.total_requests
+        seen = _DrainableHttp.accepted
+        while (now := time.monotonic()) < deadline:
+            if connections or self._state.inflight or _DrainableHttp.accepted != seen:
+                busy_at, seen = now, _DrainableHttp.accepted
+            elif now - busy_at >= IDLE_CLOSE_SECONDS:
+                break
+            for connection in list(connections):
+                if isinstance(connection, _DrainableHttp) and connection.idle_for(now) >= IDLE_CLOSE_SECONDS:
+                    connection.shutdown()
+            await asyncio.sleep(min(_DRAIN_TICK_SECONDS, deadline - now))
+        log.info(
+            "drained %d connection(s) and %d request(s) in %.1fs",
+            _DrainableHttp.accepted - accepted_before,
+            self.server_state.total_requests - answered_before,
+            time.monotonic() - started,
+        )
+        if self._state.inflight:
             log.warning("grace period over with %d request(s) still in flight", self._state.inflight)
             self.abandoned_work = True
             self.force_exit = True  # uvicorn must not wait for them either
@@ -114,7 +179,7 @@ async def serve(settings: Settings) -> tuple[int, bool]:
         create_app(state),
         host=settings.host,
         port=settings.port,
-        http="httptools",
+        http=_DrainableHttp,
         lifespan="off",
         access_log=False,
         log_config=None,

@@ -524,7 +524,9 @@ def _nested_shape(values: list[Any]) -> tuple[int, ...]:
 def encode_v1_response(results: Mapping[str, np.ndarray], names: Sequence[str]) -> bytes:
     """`{"predictions": [...]}`: one entry per row; a row of a multi-output model maps names to values."""
     arrays = [results[name] for name in names]
-    jsonable = [a.tolist() if a.dtype == object or a.ndim == 0 else a for a in arrays]
+    # One value per row (a label) becomes a list: indexing a 1-D array gives numpy scalars, and orjson
+    # refuses some of them (onnxruntime's int64 is numpy.longlong).
+    jsonable = [a.tolist() if a.dtype == object or a.ndim <= 1 else a for a in arrays]
     if len(arrays) == 1:
         single = jsonable[0]
         predictions: Any = [single] if arrays[0].ndim == 0 else single

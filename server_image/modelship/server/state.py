@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +39,6 @@ class ServerState:
         self.runner: DirectRunner | BatchingRunner | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.inflight = 0
-        self._idle: asyncio.Event | None = None
 
     def attach(self, runtime: ModelRuntime, load_seconds: float) -> None:
         """Serve this model from now on (called on the event loop, once it is loaded and warm)."""
@@ -78,19 +76,6 @@ class ServerState:
     def request_finished(self) -> None:
         self.inflight -= 1
         self.metrics.inflight.dec()
-        if self.inflight == 0 and self._idle is not None:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no inference request is in flight; False if `timeout` passed first."""
-        if self.inflight == 0:
-            return True
-        self._idle = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
 
     async def close(self) -> None:
         if self.runner is not None:
