@@ -46,6 +46,16 @@ def test_the_operator_runs_two_peered_replicas_with_the_default_image(kube_bin_d
     # No fixed priority: each replica draws its own, since equal priorities pause them all.
     assert "MODELSHIP_PEERING_PRIORITY" not in env
     assert env["MODELSHIP_SERVER_IMAGE"] == "modelship/server:0.1.0"
+    assert "MODELSHIP_IGNORE_NAMESPACES" not in env
+    # Kopf names a peer by POD_ID; without it, it asks the OS for uid 65532's name, which fails.
+    pod_id = next(e for e in container["env"] if e["name"] == "POD_ID")
+    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_ignored_namespaces_reach_the_operator(kube_bin_dir: Path) -> None:
+    container = _container(render(kube_bin_dir, values={"operator.ignoreNamespaces": "mst-*"}))
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MODELSHIP_IGNORE_NAMESPACES"] == "mst-*"
 
 
 def test_the_liveness_probe_asks_the_port_kopf_serves_it_on(kube_bin_dir: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TEST_NAMESPACE_PREFIX
 from tests.operator_process import KopfProcess, free_port
 
 CRDS = ROOT / "crds"
@@ -38,6 +38,8 @@ class OperatorProcess(KopfProcess):
             "KUBECONFIG": self.kubeconfig,
             "MODELSHIP_PEERING_PRIORITY": str(self.priority),
             "MODELSHIP_PEERING_LIFETIME": "10",
+            # Only the tests' own namespaces: a demo's models on the same cluster are another operator's.
+            "MODELSHIP_IGNORE_NAMESPACES": f"!{TEST_NAMESPACE_PREFIX}*",
             **self.extra_env,
         }
         args = ["--all-namespaces", f"--peering={TEST_PEERING}"]

@@ -128,3 +128,14 @@ def test_served_namespaces_from_kopf_run_options() -> None:
     assert Served.from_options(False, ["a", "b"]).namespaces == ("a", "b")
     patterned = Served.from_options(False, ["ml-*"])
     assert patterned.namespaces is None and patterned.includes("ml-x") and not patterned.includes("web")
+
+
+def test_an_ignored_pattern_takes_namespaces_out_of_what_is_served() -> None:
+    from modelship.operator.watching import Served
+
+    demo = Served.from_options(True, [], "mst-*")  # a demo's operator leaves the tests' namespaces alone
+    assert demo.includes("modelship-demo") and not demo.includes("mst-canary-1a2b3c")
+    tests = Served.from_options(True, [], "!mst-*")  # and the tests' operators everything else
+    assert tests.includes("mst-canary-1a2b3c") and not tests.includes("modelship-demo")
+    assert Served.from_options(False, ["ml-*"], "ml-sandbox").includes("ml-prod")
+    assert not Served.from_options(False, ["ml-*"], "ml-sandbox").includes("ml-sandbox")

@@ -7,6 +7,12 @@ def test_defaults() -> None:
     assert config.server_image == "modelship/server:0.1.0"
     assert config.peering_priority is None
     assert config.peering_lifetime == 60
+    assert config.ignore_namespaces is None
+
+
+def test_ignored_namespaces_are_one_kopf_pattern() -> None:
+    config = OperatorConfig.from_env({"MODELSHIP_IGNORE_NAMESPACES": " !mst-*, mst-keep "})
+    assert config.ignore_namespaces == "!mst-*, mst-keep"
 
 
 def test_values_from_the_environment() -> None:

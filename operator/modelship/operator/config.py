@@ -26,9 +26,10 @@ class OperatorConfig:
     concurrency: int = 16
     # Where canary analysis queries the servers' metrics, unless a ModelDeployment names one.
     prometheus_url: str | None = None
-    # Namespaces (globs) whose ModelDeployments this instance leaves alone although it watches the
-    # whole cluster: another operator owns them (a development copy, the project's own tests).
-    ignore_namespaces: tuple[str, ...] = ()
+    # A namespace pattern in `kopf run --namespace` syntax (comma-separated globs, `!` excludes): the
+    # ModelDeployments of matching namespaces are left alone, though the whole cluster is watched,
+    # because another operator owns them (`mst-*`: the project's tests; `!team-*`: all but team-*).
+    ignore_namespaces: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -53,7 +54,5 @@ class OperatorConfig:
             peering_lifetime=integer("MODELSHIP_PEERING_LIFETIME", 60, 2) or 60,
             concurrency=integer("MODELSHIP_CONCURRENCY", 16, 1) or 16,
             prometheus_url=env.get("MODELSHIP_PROMETHEUS_URL", "").strip() or None,
-            ignore_namespaces=tuple(
-                glob.strip() for glob in env.get("MODELSHIP_IGNORE_NAMESPACES", "").split(",") if glob.strip()
-            ),
+            ignore_namespaces=env.get("MODELSHIP_IGNORE_NAMESPACES", "").strip() or None,
         )

@@ -54,22 +54,22 @@ def is_literal(pattern: str) -> bool:
 @dataclass(frozen=True)
 class Served:
     """None for the whole cluster; else literal namespaces, or patterns to filter a cluster-wide LIST;
-    minus the `ignored` globs (MODELSHIP_IGNORE_NAMESPACES), whose events the handlers drop."""
+    minus what the `ignored` pattern matches (MODELSHIP_IGNORE_NAMESPACES), whose events the handlers drop."""
 
     namespaces: tuple[str, ...] | None
     patterns: tuple[str, ...] = ()
-    ignored: tuple[str, ...] = ()
+    ignored: str | None = None
 
     @classmethod
-    def from_options(cls, clusterwide: bool, patterns: Sequence[str], ignored: Sequence[str] = ()) -> Served:
+    def from_options(cls, clusterwide: bool, patterns: Sequence[str], ignored: str | None = None) -> Served:
         if clusterwide or not patterns:
-            return cls(None, ignored=tuple(ignored))
+            return cls(None, ignored=ignored)
         if all(is_literal(p) for p in patterns):
-            return cls(tuple(patterns), ignored=tuple(ignored))
-        return cls(None, tuple(patterns), tuple(ignored))
+            return cls(tuple(patterns), ignored=ignored)
+        return cls(None, tuple(patterns), ignored)
 
     def includes(self, namespace: str) -> bool:
-        if any(fnmatch.fnmatchcase(namespace, glob) for glob in self.ignored):
+        if self.ignored and namespace_matches(namespace, self.ignored):
             return False
         if self.patterns:
             return any(namespace_matches(namespace, pattern) for pattern in self.patterns)
