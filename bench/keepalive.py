@@ -60,7 +60,8 @@ def one_run(kind: str, api: client.ApiClient, kubeconfig: str, work: Path) -> tu
     operator.start()
     try:
         models = Models(api, ns)
-        models.create(NAME, {"model": example_model("minimal.yaml"), "replicas": 2})
+        resources = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
+        models.create(NAME, {"model": example_model("minimal.yaml"), "replicas": 2, "resources": resources})
         ready(models, 180)
         ip = routed_into_node(core.read_namespaced_service(NAME, ns).spec.cluster_ip)
         url = f"http://{ip}/v2/models/{NAME}/infer"

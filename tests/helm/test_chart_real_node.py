@@ -5,7 +5,7 @@ the `restricted` Pod Security profile, and serves a ModelDeployment whose real p
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,8 @@ def release(kube_bin_dir: Path, kubeconfig: str, k8s_api: client.ApiClient) -> I
 def test_the_charts_operator_runs_on_the_real_node_and_serves_a_model(
     release: dict[str, str],
     k8s_api: client.ApiClient,
-    kubectl: Callable[..., subprocess.CompletedProcess[str]],
+    kube_bin_dir: Path,
+    kubeconfig: str,
 ) -> None:
     core = client.CoreV1Api(k8s_api)
 
@@ -80,7 +81,10 @@ def test_the_charts_operator_runs_on_the_real_node_and_serves_a_model(
     assert {p.spec.node_name for p in pods} == {"modelship-node"}
     assert all(p.status.container_statuses[0].restart_count == 0 for p in pods), "an operator pod restarted"
 
-    kubectl("apply", "--server-side", "-n", release["models_ns"], "-f", str(MINIMAL))
+    kubectl = [str(kube_bin_dir / "kubectl"), "--kubeconfig", kubeconfig]
+    subprocess.run(
+        [*kubectl, "apply", "--server-side", "-n", release["models_ns"], "-f", str(MINIMAL)], check=True
+    )
     body = Models(k8s_api, release["models_ns"]).wait_ready("iris", timeout=180)
     assert body["status"]["phase"] == "Healthy"
     ip = routed_into_node(core.read_namespaced_service("iris", release["models_ns"]).spec.cluster_ip)

@@ -40,6 +40,8 @@ def _example_model(path: str) -> dict[str, Any]:
 
 
 V1, V2 = _example_model("minimal.yaml"), _example_model("canary.yaml")
+# Small, so that both revisions fit on the real node's 2 cores beside whatever else runs there.
+RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 
 
 @pytest.fixture
@@ -49,7 +51,7 @@ def serving(k8s_api: client.ApiClient, real_namespace: str, operator: OperatorPr
         client.CoreV1Api(k8s_api), f"docker.io/{naming.DEFAULT_SERVER_IMAGE}", "hack/images server"
     )
     models = Models(k8s_api, real_namespace)
-    models.create(NAME, {"model": V1, "replicas": 2})
+    models.create(NAME, {"model": V1, "replicas": 2, "resources": RESOURCES})
     models.wait_ready(NAME, timeout=180)
     ip = routed_into_node(models.core.read_namespaced_service(NAME, real_namespace).spec.cluster_ip)
     url = f"http://{ip}/v2/models/{NAME}/infer"
