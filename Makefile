@@ -71,6 +71,11 @@ test-unit: install ## run only the tests that need no cluster
 bench-rollout: install cluster-up ## time a bad canary's rollback: first failing request to all traffic on stable
 	$(PY) bench/rollout.py
 
+.PHONY: bench-keepalive
+bench-keepalive: install ## requests lost by keep-alive clients (wrk, pooled) while a good canary rolls out on the real node
+	$(CLUSTER) up --real-node
+	$(PY) bench/keepalive.py
+
 .PHONY: lint
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check operator server_image tests bench hack
