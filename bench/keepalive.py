@@ -115,13 +115,14 @@ def main() -> None:
         rows.append((run + 1, kind, result, took))
     when = time.strftime("%Y-%m-%d")
     print(f"\nA good canary rollout (2 replicas, setWeight 50, pause 5s) under keep-alive load, {when}:")
-    print(f"{'run':>3}  {'load':<5} {'sent':>7} {'failed':>6}  {'reconnects':>10}  {'rollout':>8}  failures")
+    print(f"{'run':>3}  {'load':<5} {'sent':>7} {'failed':>6}  {'reconnects*':>11}  {'rollout':>8}  failures")
     for run, kind, result, took in rows:
         reconnects = str(result.reconnects) if kind == "pool" else "-"
         print(
-            f"{run:>3}  {kind:<5} {result.sent:>7} {result.failed:>6}  {reconnects:>10}  {took:>7.1f}s  "
+            f"{run:>3}  {kind:<5} {result.sent:>7} {result.failed:>6}  {reconnects:>11}  {took:>7.1f}s  "
             f"{dict(result.failures) or ''}"
         )
+    print("* reconnects of the 4 single-connection clients, each told `Connection: close` by a pod leaving")
     total = sum(r[2].sent for r in rows), sum(r[2].failed for r in rows)
     print(f"total: {total[0]} requests sent, {total[1]} failed")
 
