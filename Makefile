@@ -31,7 +31,7 @@ deps: ## install the Debian packages of the real node, the images and Prometheus
 	hack/deps
 
 .PHONY: images
-images: deps install ## build the server, operator and test images with podman into .build/images (no Docker)
+images: deps install ## build the server, operator, model-store and test images with podman into .build/images (no Docker)
 	hack/images
 
 .PHONY: cluster-up
