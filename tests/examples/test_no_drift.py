@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -15,10 +16,16 @@ from modelship.operator import naming
 from tests.conftest import ROOT
 from tests.helm.scoped_operator import ScopedOperator, scoped_operator
 from tests.operator.models import Models
+from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def _settled(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The object once one revision alone is left in its status: the operator has no more to write."""
+    return body if len((body.get("status") or {}).get("revisions") or ()) == 1 else None
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +54,14 @@ def test_a_reconciled_example_shows_no_diff_and_reapplying_changes_nothing(
         if doc and doc.get("kind") == naming.KIND
     ]
     assert names, f"{path.name} holds no ModelDeployment"
-    before = {name: models.wait_ready(name, timeout=60) for name in names}
+    for name in names:
+        models.wait_ready(name, timeout=60)
+    # The examples share the namespace, and canary.yaml and minimal.yaml are two versions of one
+    # `iris`: the older revision retires (and the status says so) only after its scale-down delay.
+    before = {
+        name: wait_until(lambda n=name: _settled(models.get(n)), timeout=120, what=f"{name} settled")
+        for name in names
+    }
 
     diff = operator.kubectl("diff", "--server-side", "-n", ns, "-f", str(path), check=False)
     # kubectl diff: 0 = no differences, 1 = differences, >1 = an error.
