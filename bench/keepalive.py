@@ -48,10 +48,6 @@ def example_model(path: str) -> dict[str, Any]:
     return dict(yaml.safe_load((ROOT / "examples" / path).read_text())["spec"]["model"])
 
 
-def ready(models: Models, timeout: float) -> dict[str, Any]:
-    return models.wait_ready(NAME, timeout=timeout)
-
-
 def one_run(kind: str, api: client.ApiClient, kubeconfig: str, work: Path) -> tuple[LoadResult, float]:
     core = client.CoreV1Api(api)
     ns = fresh_namespace_name("bench-keepalive")
@@ -62,7 +58,7 @@ def one_run(kind: str, api: client.ApiClient, kubeconfig: str, work: Path) -> tu
         models = Models(api, ns)
         resources = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
         models.create(NAME, {"model": example_model("minimal.yaml"), "replicas": 2, "resources": resources})
-        ready(models, 180)
+        models.wait_ready(NAME, timeout=180)
         ip = routed_into_node(core.read_namespaced_service(NAME, ns).spec.cluster_ip)
         url = f"http://{ip}/v2/models/{NAME}/infer"
         with KeepAliveLoad(url, REQUEST, connections=1, pooled=0) as probe:
@@ -78,7 +74,7 @@ def one_run(kind: str, api: client.ApiClient, kubeconfig: str, work: Path) -> tu
             models.patch(
                 NAME, {"spec": {"model": example_model("canary.yaml"), "rollout": {"canary": canary}}}
             )
-            ready(models, 300)
+            models.wait_ready(NAME, timeout=300)
             wait(
                 lambda: not before & {p.metadata.name for p in models.pods(NAME)},
                 180,

@@ -86,7 +86,7 @@ def namespace(k8s_api, request: pytest.FixtureRequest) -> Iterator[str]:  # type
     name = _namespace_name(request)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, annotations=KWOK_ONLY)))
     yield name
-    _delete_namespace(core, name)
+    delete_namespace_if_present(core, name)
 
 
 # What the Pod Security admission enforces in a namespace whose pods run on the real node: the
@@ -104,10 +104,10 @@ def real_namespace(k8s_api, request: pytest.FixtureRequest) -> Iterator[str]:  #
     name = _namespace_name(request)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=RESTRICTED)))
     yield name
-    _delete_namespace(core, name)
+    delete_namespace_if_present(core, name)
 
 
-def _delete_namespace(core, name: str) -> None:  # type: ignore[no-untyped-def]
+def delete_namespace_if_present(core, name: str) -> None:  # type: ignore[no-untyped-def]
     from kubernetes.client.exceptions import ApiException
 
     try:

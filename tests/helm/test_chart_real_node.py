@@ -13,7 +13,7 @@ import httpx
 import pytest
 from kubernetes import client
 
-from tests.conftest import RESTRICTED, ROOT, _delete_namespace, fresh_namespace_name
+from tests.conftest import RESTRICTED, ROOT, delete_namespace_if_present, fresh_namespace_name
 from tests.helm.chart import CHART, helm
 from tests.operator.models import Models
 from tests.real_node import is_ready, ready_real_node, routed_into_node
@@ -62,7 +62,7 @@ def release(kube_bin_dir: Path, kubeconfig: str, k8s_api: client.ApiClient) -> I
             check=False,
         )
         for ns in (names["models_ns"], names["release_ns"]):
-            _delete_namespace(core, ns)
+            delete_namespace_if_present(core, ns)
 
 
 def test_the_charts_operator_runs_on_the_real_node_and_serves_a_model(
