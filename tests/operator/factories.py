@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from modelship.operator import naming
-from modelship.operator.observed import RevisionState
+from modelship.operator.children import RevisionState
 
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 

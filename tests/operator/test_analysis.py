@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from modelship.operator import analysis
-from modelship.operator.analysis import (
+from modelship.operator.rollout import analysis
+from modelship.operator.rollout.analysis import (
     AnalysisSettings,
     AnalysisSpecError,
     Check,

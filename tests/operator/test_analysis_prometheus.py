@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-from modelship.operator import analysis
-from modelship.operator.analysis import AnalysisSettings, Measurement, Result
+from modelship.operator.rollout import analysis
+from modelship.operator.rollout.analysis import AnalysisSettings, Measurement, Result
 
 from tests.operator import canary_models
 from tests.support import wait_until

@@ -6,10 +6,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from modelship.operator import naming
+from modelship.operator import cache as cache_module
+from modelship.operator import manifests, naming, spec
 from modelship.operator.cache import MODEL_DEPLOYMENT, ObjectCache
 
-from tests.operator.factories import md_body
+from tests.operator.factories import live, md_body
 
 
 class Clock:
@@ -139,3 +140,24 @@ def test_an_ignored_pattern_takes_namespaces_out_of_what_is_served() -> None:
     assert tests.includes("mst-canary-1a2b3c") and not tests.includes("modelship-demo")
     assert Served.from_options(False, ["ml-*"], "ml-sandbox").includes("ml-prod")
     assert not Served.from_options(False, ["ml-*"], "ml-sandbox").includes("ml-sandbox")
+
+
+def target_deployment(replicas: int = 2) -> dict[str, Any]:
+    md = spec.parse(md_body(replicas=replicas))
+    return manifests.revision_deployment(md, manifests.desired_revision(md, server_image="img:1"), replicas)
+
+
+def test_trimming_keeps_what_reconciling_reads() -> None:
+    body = live(target_deployment())
+    body["metadata"]["managedFields"] = [{"manager": "x"}]
+    trimmed = cache_module.trim_object(body)
+    assert "managedFields" not in trimmed["metadata"]
+    assert trimmed["spec"] == body["spec"]
+    assert trimmed["metadata"]["labels"][naming.LABEL_REVISION]
+
+
+def test_the_cache_keeps_objects_packed_and_unpacks_them_unchanged() -> None:
+    trimmed = cache_module.trim_object(live(target_deployment()))
+    packed = cache_module.pack(trimmed)
+    assert isinstance(packed, str)
+    assert cache_module.unpack(packed) == trimmed

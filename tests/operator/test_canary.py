@@ -8,12 +8,18 @@ from collections.abc import Mapping
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from modelship.operator import canary
-from modelship.operator.canary import FAIL, INCONCLUSIVE, PASS, Observed, Outcome, RolloutState, Verdict
-from modelship.operator.observed import RevisionState
+from modelship.operator import reasons
+from modelship.operator.children import RevisionState
+from modelship.operator.rollout import state, steps
+from modelship.operator.rollout.analysis import AnalysisSettings
+from modelship.operator.rollout.analysis import Result as R
+from modelship.operator.rollout.state import RolloutState
+from modelship.operator.rollout.steps import Inputs, StepResult, Verdict
 from modelship.operator.spec import RolloutSpec, Step
 
 from tests.operator.factories import revision_state
+
+PASS, FAIL, INCONCLUSIVE = R.PASS, R.FAIL, R.INCONCLUSIVE
 
 T0 = 1_800_000_000.0
 INTERVAL = 10.0
@@ -34,16 +40,16 @@ class World:
         self.revisions: dict[str, RevisionState] = {"old": rev("old", wanted=size, ready=size)}
         self.state = RolloutState(stable="old", stable_version="old")
         self.target = "new"
-        self.failure: str | None = None
+        self.failure: reasons.Failure | None = None
         self.action: str | None = None
         self.verdict = PASS
-        self.outcomes: list[Outcome] = []
+        self.outcomes: list[StepResult] = []
 
-    def tick(self, seconds: float = 1.0, *, grow: int = 100) -> Outcome:
+    def tick(self, seconds: float = 1.0, *, grow: int = 100) -> StepResult:
         measurement = None
-        if canary.analysis_due(self.rollout, self.state, self.target, INTERVAL, self.now):
+        if steps.analysis_due(self.rollout, self.state, self.target, INTERVAL, self.now):
             measurement = Verdict(self.verdict, f"success-rate {self.verdict}")
-        seen = Observed(
+        seen = Inputs(
             target=self.target,
             target_version=self.target,
             revisions=dict(self.revisions),
@@ -53,10 +59,10 @@ class World:
             action=self.action,
             routed=self.routed,
         )
-        outcome = canary.advance(self.rollout, self.state, seen, self.now, analysis_interval=INTERVAL)
+        outcome = steps.advance(self.rollout, self.state, seen, self.now, AnalysisSettings(interval=INTERVAL))
         self.outcomes.append(outcome)
         # Status is written and read back as JSON: what survives that is all a restart has.
-        status = {"rollout": canary.state_to_status(outcome.state, self.rollout)}
+        status = {"rollout": outcome.state.to_status(self.rollout)}
         self.state = RolloutState.from_status(status)
         for name, replicas in outcome.replicas.items():
             if replicas is None:
@@ -74,7 +80,7 @@ class World:
         self.now += seconds
         return outcome
 
-    def run_until(self, done: object, *, ticks: int = 500, seconds: float = 1.0) -> Outcome:
+    def run_until(self, done: object, *, ticks: int = 500, seconds: float = 1.0) -> StepResult:
         for _ in range(ticks):
             outcome = self.tick(seconds)
             if callable(done) and done(outcome):
@@ -128,7 +134,8 @@ def test_a_failing_canary_is_aborted_after_failure_limit_measurements() -> None:
     assert world.now - started <= 2 * INTERVAL + 2
     assert aborted.replicas == {"old": 4, "new": 0}
     assert aborted.weight == 0
-    assert "analysis failed 2 times in a row" in (aborted.abort or "")
+    assert aborted.abort is not None and aborted.abort.reason == reasons.ANALYSIS_FAILED
+    assert "analysis failed 2 times in a row" in aborted.abort.message
     # Aborted stays aborted: no step runs, and the stable revision keeps everything.
     world.verdict = PASS
     for _ in range(30):
@@ -150,15 +157,15 @@ def test_inconclusive_measurements_neither_pass_an_analysis_step_nor_abort() -> 
 def test_a_canary_whose_model_does_not_load_is_aborted_and_the_stable_keeps_serving() -> None:
     world = World(ANALYSED)
     world.tick()
-    world.failure = "ModelLoadFailed: version new: sha256 mismatch"
+    world.failure = reasons.Failure(reasons.MODEL_LOAD_FAILED, "version new: sha256 mismatch")
     outcome = world.tick()
-    assert outcome.abort is not None and "sha256 mismatch" in outcome.abort
+    assert outcome.abort == world.failure, "the failure travels as it is, not re-worded"
     assert outcome.replicas == {"old": 4, "new": 0}
 
 
 def test_retry_starts_again_and_a_new_spec_change_starts_a_new_canary() -> None:
     world = World(ANALYSED)
-    world.failure = "ModelLoadFailed: boom"
+    world.failure = reasons.Failure(reasons.MODEL_LOAD_FAILED, "boom")
     world.run_until(lambda o: o.abort is not None)
     world.failure = None
     world.action = "retry@1"
@@ -166,7 +173,9 @@ def test_retry_starts_again_and_a_new_spec_change_starts_a_new_canary() -> None:
     assert outcome.abort is None and outcome.state.step == 0 and outcome.state.aborted is None
     # Abort again, then a different target: a fresh canary, not an aborted one.
     world.action = "abort@2"
-    assert world.tick().abort == "aborted by a user (modelship.io/action)"
+    aborted = world.tick().abort
+    assert aborted is not None and aborted.reason == reasons.ROLLOUT_ABORTED
+    assert aborted.message == f"version new (revision new): {steps.ABORTED_BY_USER}"
     world.target = "newer"
     outcome = world.tick()
     assert outcome.abort is None and outcome.state.canary == "newer" and "new" in outcome.retire
@@ -200,7 +209,7 @@ def test_a_timed_pause_survives_a_restart_and_is_not_shortened() -> None:
     started = world.state.step_started
     assert started is not None
     # A restart: a new World reads only what status kept.
-    status = {"rollout": canary.state_to_status(world.state, world.rollout)}
+    status = {"rollout": world.state.to_status(world.rollout)}
     world.state = RolloutState.from_status(status)
     outcome = world.tick(1)
     assert outcome.state.step == 1 and outcome.requeue_after is not None
@@ -230,20 +239,20 @@ def test_with_an_http_route_the_stable_revision_keeps_every_pod() -> None:
 
 
 def test_replica_arithmetic() -> None:
-    assert canary.canary_replicas(10, 0) == 0
-    assert canary.canary_replicas(10, 1) == 1
-    assert canary.canary_replicas(10, 25) == 3
-    assert canary.canary_replicas(2, 100) == 2
-    assert canary.stable_replicas(10, 25, canary_ready=0) == 10
-    assert canary.stable_replicas(10, 25, canary_ready=3) == 8
-    assert canary.stable_replicas(1, 50, canary_ready=1) == 1
+    assert steps.canary_replicas(10, 0) == 0
+    assert steps.canary_replicas(10, 1) == 1
+    assert steps.canary_replicas(10, 25) == 3
+    assert steps.canary_replicas(2, 100) == 2
+    assert steps.stable_replicas(10, 25, canary_ready=0) == 10
+    assert steps.stable_replicas(10, 25, canary_ready=3) == 8
+    assert steps.stable_replicas(1, 50, canary_ready=1) == 1
 
 
 def test_actions_are_read_from_the_annotation() -> None:
-    assert canary.parse_action("promote@2026-11-23T10:00:00.000Z") == "promote"
-    assert canary.parse_action("promote-full") == "promote-full"
-    assert canary.parse_action("reboot@1") is None
-    assert canary.parse_action(None) is None
+    assert state.parse_action("promote@2026-11-23T10:00:00.000Z") == "promote"
+    assert state.parse_action("promote-full") == "promote-full"
+    assert state.parse_action("reboot@1") is None
+    assert state.parse_action(None) is None
 
 
 # Invariants over random histories -----------------------------------------------------------
@@ -263,7 +272,7 @@ event = st.one_of(
 )
 
 
-def check_invariants(world: World, outcome: Outcome, previous: RolloutState) -> None:
+def check_invariants(world: World, outcome: StepResult, previous: RolloutState) -> None:
     size = world.size
     replicas: Mapping[str, int | None] = outcome.replicas
     stable = outcome.stable
@@ -328,9 +337,9 @@ def test_invariants_hold_over_any_history(
             nonce += 1
             world.action = f"{value}@{nonce}"
         elif kind == "fail":
-            world.failure = "ModelLoadFailed: broken"
+            world.failure = reasons.Failure(reasons.MODEL_LOAD_FAILED, "broken")
         elif kind == "restart":
-            status = {"rollout": canary.state_to_status(world.state, rollout)}
+            status = {"rollout": world.state.to_status(rollout)}
             world.state = RolloutState.from_status(status)
 
 
@@ -351,5 +360,5 @@ def test_status_round_trip_keeps_the_state() -> None:
         summary="success-rate 0.5 < 0.99",
         results=({"name": "success-rate", "value": 0.5, "threshold": ">= 0.99", "result": FAIL},),
     )
-    back = RolloutState.from_status({"rollout": canary.state_to_status(state, RolloutSpec(steps=STEPS))})
+    back = RolloutState.from_status({"rollout": state.to_status(RolloutSpec(steps=STEPS))})
     assert dataclasses.asdict(back) == dataclasses.asdict(state)

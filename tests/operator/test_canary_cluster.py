@@ -82,7 +82,7 @@ def replicas(models: Models, name: str) -> dict[str, int]:
 
 def plugin(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "modelship.operator.cli", "--kubeconfig", kubeconfig, *args],
+        [sys.executable, "-m", "modelship.operator.plugin.cli", "--kubeconfig", kubeconfig, *args],
         capture_output=True,
         text=True,
         timeout=60,

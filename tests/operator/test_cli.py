@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from modelship.operator import canary, cli, naming
-from modelship.operator.rollout_text import age, describe_step, format_rollout
+from modelship.operator import naming
+from modelship.operator.plugin import cli
+from modelship.operator.plugin.text import age, describe_step, format_rollout
+from modelship.operator.rollout import state
 
 NOW = datetime(2026, 11, 23, 10, 1, 0, 250000, tzinfo=UTC)
 STABLE, CANARY = "7f3a9c01ab", "9b1c22de00"
@@ -339,7 +341,7 @@ def test_the_operator_reads_the_verb_the_plugin_writes(argv: list[str]) -> None:
     args = cli.build_parser().parse_args(argv)
     verb = cli.verb_of(args.command, getattr(args, "full", False))
     value = cli.action_patch(verb, NOW)["metadata"]["annotations"][naming.ANNOTATION_ACTION]
-    assert canary.parse_action(value) == verb
+    assert state.parse_action(value) == verb
 
 
 def test_the_nonce_is_utc_whatever_the_local_zone() -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from modelship.operator import canary, manifests, naming, spec
+from modelship.operator import manifests, naming, reasons, spec
 from modelship.operator import status as st
-from modelship.operator.rollout import RolloutPlan
+from modelship.operator.reasons import Failure
+from modelship.operator.rollout import state, steps
+from modelship.operator.rollout.plan import RolloutPlan
 
 from tests.operator.factories import md_body, revision_state
 
@@ -64,7 +66,7 @@ def test_every_status_field_the_operator_writes_is_in_the_schema() -> None:
     md = spec.parse(md_body(replicas=2))
     revision = manifests.desired_revision(md, server_image="img:1")
     status = st.compute_status(
-        md, revision, RolloutPlan(revision.revision, None, (), False), st.Observations(revisions={}), now="t"
+        md, revision, RolloutPlan(revision.revision, None, (), False), st.StatusInputs(revisions={}), now="t"
     )
     status["model"] |= {"version": "3", "revision": "abc"}
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
@@ -82,22 +84,28 @@ def test_every_rollout_status_field_is_in_the_schema() -> None:
     revision = manifests.desired_revision(md, server_image="img:1")
     old = revision_state("old", "2", ready=4, wanted=4)
     result = {"name": "success-rate", "value": 0.5, "threshold": ">= 0.99", "result": "Fail"}
-    seen = canary.Observed(
+    seen = steps.Inputs(
         revision.revision,
         revision.version,
         revisions={"old": old},
         size=4,
-        measurement=canary.Verdict("Fail", "success-rate 0.5 < 0.99", (result,)),
+        measurement=steps.Verdict("Fail", "success-rate 0.5 < 0.99", (result,)),
         action="promote@1",
     )
-    state = dataclasses.replace(
-        canary.RolloutState.from_status(md.status), canary=revision.revision, weight=50
+    current = dataclasses.replace(
+        state.RolloutState.from_status(md.status), canary=revision.revision, weight=50
     )
-    outcome = canary.advance(md.rollout, state, seen, 1_800_000_000.0)
+    outcome = steps.advance(md.rollout, current, seen, 1_800_000_000.0)
     rollout = st.rollout_status(md, outcome, {"old": old})
     assert {"analysis", "actualWeight", "handledAction", "canaryRevision", "message"} <= set(rollout)
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert value_paths({"rollout": rollout}) <= schema_paths(schema)
+    failing = dataclasses.replace(seen, target_failure=Failure(reasons.MODEL_LOAD_FAILED, "sha256 mismatch"))
+    aborted = st.rollout_status(
+        md, steps.advance(md.rollout, current, failing, 1_800_000_001.0), {"old": old}
+    )
+    assert {"abortedRevision", "abort"} <= set(aborted)
+    assert value_paths({"rollout": aborted}) <= schema_paths(schema)
 
 
 def test_replicas_has_no_default_so_that_autoscaling_can_exclude_it() -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from modelship.operator import canary, manifests, naming, spec
-from modelship.operator.decisions import Children, decide
+from modelship.operator import bodies, manifests, naming, spec
+from modelship.operator.children import Children
+from modelship.operator.decisions import decide
 from modelship.operator.drift import Difference
 
 from tests.operator.factories import live, md_body, ready_deployment
@@ -68,11 +69,11 @@ def test_a_new_version_keeps_the_old_deployment_until_the_new_one_is_complete() 
     }
     later = md_body(replicas=2, model={"version": "4"}, status={"rollout": promoted})
     decision = decide(
-        spec.parse(later), children, server_image=IMAGE, now=canary.parse_time("2027-01-15T08:00:29Z") or 0
+        spec.parse(later), children, server_image=IMAGE, now=bodies.timestamp("2027-01-15T08:00:29Z") or 0
     )
     assert decision.delete == ()
     decision = decide(
-        spec.parse(later), children, server_image=IMAGE, now=canary.parse_time("2027-01-15T08:00:31Z") or 0
+        spec.parse(later), children, server_image=IMAGE, now=bodies.timestamp("2027-01-15T08:00:31Z") or 0
     )
     assert [(d.kind, d.name) for d in decision.delete] == [("Deployment", old_deployment["metadata"]["name"])]
     assert decision.delete[0].uid == f"uid-{old_deployment['metadata']['name']}"

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 from modelship.operator import client as kube
-from modelship.operator import spec
+from modelship.operator import kinds, spec
+from modelship.operator.children import Children
 from modelship.operator.config import OperatorConfig
-from modelship.operator.decisions import Children
 from modelship.operator.reconciler import PERMANENT_ERROR_RETRY, Reconciler, transition_events
+from modelship.operator.workqueue import DONE, Result, TerminalError
 
 from tests.operator.factories import live, md_body
 
@@ -34,6 +35,7 @@ class MemoryApi:
         self.writes: collections.Counter[str] = collections.Counter()
         self.version = 100
         self.fail_with: kube.ApiError | None = None
+        self.status_fails_with: kube.ApiError | None = None
         self.edit_during_apply = False
 
     def _bump(self) -> str:
@@ -55,6 +57,8 @@ class MemoryApi:
         self, kind: Any, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> dict[str, Any]:
         self.writes["status"] += 1
+        if self.status_fails_with is not None:
+            raise self.status_fails_with
         status = self.md.setdefault("status", {})
         for key, value in patch.items():
             if value is None:
@@ -90,9 +94,7 @@ class MemoryApi:
         def of(kind: str) -> list[dict[str, Any]]:
             return [body for (k, _), body in self.cached.items() if k == kind]
 
-        return Children(
-            deployments=of("Deployment"), services=of("Service"), autoscalers=of("HorizontalPodAutoscaler")
-        )
+        return Children.from_kinds({kind: of(kind) for kind in kinds.CHILD_KINDS})
 
 
 @pytest.fixture
@@ -116,7 +118,7 @@ def reconciler(api: MemoryApi, events: list[tuple[str, str, str]]) -> Reconciler
 async def test_a_new_model_deployment_is_created_once_and_then_left_alone(
     api: MemoryApi, reconciler: Reconciler, events: list[tuple[str, str, str]]
 ) -> None:
-    assert await reconciler.reconcile(KEY) is None
+    assert await reconciler.reconcile(KEY) == DONE
     assert api.writes == {"apply": 2, "status": 1}
     assert [reason for _, reason, _ in events] == ["RevisionCreated"]
     assert api.md["status"]["phase"] == "Progressing"
@@ -152,16 +154,16 @@ async def test_a_status_computed_from_an_object_that_changed_meanwhile_is_not_wr
 
 
 async def test_an_outage_is_raised_for_the_queue_to_retry(api: MemoryApi, reconciler: Reconciler) -> None:
-    api.fail_with = kube.ApiError(503, "ServiceUnavailable", "etcd is down")
-    with pytest.raises(kube.ApiError):
+    api.fail_with = kube.api_error(503, {"reason": "ServiceUnavailable", "message": "etcd is down"})
+    with pytest.raises(kube.Transient):
         await reconciler.reconcile(KEY)
 
 
 async def test_a_refused_write_degrades_the_status_and_is_retried_much_later(
     api: MemoryApi, reconciler: Reconciler, events: list[tuple[str, str, str]]
 ) -> None:
-    api.fail_with = kube.ApiError(403, "Forbidden", "cannot patch deployments")
-    assert await reconciler.reconcile(KEY) == PERMANENT_ERROR_RETRY
+    api.fail_with = kube.api_error(403, {"reason": "Forbidden", "message": "cannot patch deployments"})
+    assert await reconciler.reconcile(KEY) == Result(requeue_after=PERMANENT_ERROR_RETRY)
     degraded = next(c for c in api.md["status"]["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True"
     assert degraded["reason"] == "ApplyFailed"
@@ -221,3 +223,22 @@ def test_a_canary_tells_its_story_in_events() -> None:
         )
     ]
     assert reasons == [["CanaryStarted"], ["CanaryStep", "RolloutPaused"], ["Promoted"], []]
+
+
+async def test_a_status_the_schema_refuses_is_a_terminal_error(
+    api: MemoryApi, reconciler: Reconciler
+) -> None:
+    api.status_fails_with = kube.api_error(
+        422, {"reason": "Invalid", "message": "status.phase: Unsupported value"}
+    )
+    with pytest.raises(TerminalError, match="Unsupported value"):
+        await reconciler.reconcile(KEY)
+
+
+async def test_a_refused_status_permission_is_retried_not_terminal(
+    api: MemoryApi, reconciler: Reconciler
+) -> None:
+    api.status_fails_with = kube.api_error(403, {"reason": "Forbidden", "message": "cannot patch status"})
+    with pytest.raises(kube.ApiError) as refused:
+        await reconciler.reconcile(KEY)
+    assert not isinstance(refused.value, TerminalError | kube.Transient)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelship.operator import canary, manifests, spec
+from modelship.operator import children, manifests, reasons, spec
 from modelship.operator import status as st
-from modelship.operator.observed import PodFailure, RevisionState
-from modelship.operator.rollout import plan_of
+from modelship.operator.children import RevisionState
+from modelship.operator.reasons import Failure
+from modelship.operator.rollout import state, steps
+from modelship.operator.rollout.plan import plan_of
 
 from tests.operator import factories
 from tests.operator.factories import md_body
@@ -28,21 +30,31 @@ def compute(
     body: dict[str, Any],
     observed: dict[str, RevisionState],
     *,
-    failures: tuple[PodFailure, ...] = (),
+    failure: Failure | None = None,
     errors: tuple[str, ...] = (),
+    rolled_back: bool = False,
 ) -> dict[str, Any]:
+    """The status for these revisions; `failure` is the target's (children.revision_failure),
+    shown to the step function too when `rolled_back`."""
     md = spec.parse(body)
     revision = manifests.desired_revision(md, server_image="img:1")
-    seen_now = canary.Observed(
+    seen_now = steps.Inputs(
         target=revision.revision,
         target_version=revision.version,
         revisions=observed,
         size=md.desired_replicas or 1,
+        target_failure=failure if rolled_back else None,
     )
-    outcome = canary.advance(md.rollout, canary.RolloutState.from_status(md.status), seen_now, 0.0)
+    outcome = steps.advance(md.rollout, state.RolloutState.from_status(md.status), seen_now, 0.0)
     plan = plan_of(revision.revision, outcome, observed.get(revision.revision))
-    seen = st.Observations(revisions=observed, pod_failures=failures, apply_errors=errors, rollout=outcome)
+    seen = st.StatusInputs(revisions=observed, target_failure=failure, apply_errors=errors, rollout=outcome)
     return st.compute_status(md, revision, plan, seen, now=NOW)
+
+
+def load_failure(body: dict[str, Any], observed: dict[str, RevisionState]) -> Failure | None:
+    target = target_of(body)
+    fetch = {"state": {"terminated": {"exitCode": 1, "message": "sha256 mismatch"}}}
+    return children.revision_failure(target, "4", observed, [factories.pod(target, "iris-x-1", init=fetch)])
 
 
 def ready_target(
@@ -93,11 +105,8 @@ def test_scaled_to_zero_is_ready() -> None:
 
 def test_a_model_that_fails_to_load_is_degraded_with_the_servers_message_while_the_old_one_serves() -> None:
     body = md_body(replicas=2, model={"version": "4"}, status={"model": {"revision": "old"}})
-    failure = PodFailure(
-        target_of(body), "iris-x-1", "ModelLoadFailed", "container fetch-model: sha256 mismatch"
-    )
     observed = {"old": revision_state("old", "3", ready=2), **ready_target(body, "4", ready=0)}
-    status = compute(body, observed, failures=(failure,))
+    status = compute(body, observed, failure=load_failure(body, observed))
     assert status["phase"] == "Degraded"
     assert conditions(status) == {
         "Ready": ("False", "ModelLoadFailed"),
@@ -114,10 +123,35 @@ def test_a_model_that_fails_to_load_is_degraded_with_the_servers_message_while_t
 
 
 def test_failures_of_other_revisions_do_not_degrade_the_target() -> None:
-    failure = PodFailure("other", "p", "ServerFailed", "boom")
     body = md_body(replicas=2)
-    status = compute(body, ready_target(body, ready=1), failures=(failure,))
+    observed = ready_target(body, ready=1)
+    crashed = factories.pod(
+        "other", "p", server={"state": {"terminated": {"exitCode": 1, "message": "boom"}}}
+    )
+    failure = children.revision_failure(target_of(body), "3", observed, [crashed])
+    status = compute(body, observed, failure=failure)
     assert conditions(status)["Degraded"] == ("False", "NoFailure")
+
+
+def test_a_rolled_back_model_names_its_version_once_and_what_keeps_serving() -> None:
+    body = md_body(replicas=2, model={"version": "4"}, status={"model": {"revision": "old"}})
+    observed = {"old": revision_state("old", "3", ready=2), **ready_target(body, "4", ready=0)}
+    status = compute(body, observed, failure=load_failure(body, observed), rolled_back=True)
+    assert conditions(status) == {
+        "Ready": ("False", reasons.MODEL_LOAD_FAILED),
+        "Progressing": ("False", reasons.ROLLOUT_ABORTED),
+        "Degraded": ("True", reasons.MODEL_LOAD_FAILED),
+    }
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    target = target_of(body)
+    assert degraded["message"] == (
+        f"version 4 (revision {target}), pod iris-x-1: container fetch-model: sha256 mismatch"
+        "; version 3 (revision old) keeps serving"
+    )
+    assert status["rollout"]["abort"] == {
+        "reason": reasons.MODEL_LOAD_FAILED,
+        "message": degraded["message"].split(";")[0],
+    }
 
 
 def test_a_refused_write_is_degraded_even_when_pods_serve() -> None:

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from modelship.operator import manifests, naming, spec, traffic
+from modelship.operator import manifests, naming, spec
+from modelship.operator.rollout import traffic
 
 from tests.operator.factories import md_body
+from tests.operator.routes import route_weights
 
 STABLE, CANARY, OLD = "iris-aaaaaaaaaa", "iris-bbbbbbbbbb", "iris-0000000000"
 REVISION_SERVICES = {STABLE, CANARY, OLD}
@@ -207,7 +209,7 @@ def test_the_route_itself_is_never_modified() -> None:
 
 def test_the_weights_are_read_back_per_service() -> None:
     r = route(to(STABLE, weight=70), to(CANARY, weight=30), to("other"))
-    assert traffic.route_weights(r) == {STABLE: 70, CANARY: 30, "other": 1}
+    assert route_weights(r) == {STABLE: 70, CANARY: 30, "other": 1}
 
 
 def test_only_services_of_the_routes_namespace_have_a_weight_and_the_first_rule_counts() -> None:
@@ -218,8 +220,8 @@ def test_only_services_of_the_routes_namespace_have_a_weight_and_the_first_rule_
         to(STABLE, weight=20),
         to(CANARY, weight=None),
     )
-    assert traffic.route_weights(r) == {STABLE: 80, CANARY: 1}
-    assert traffic.route_weights({}) == {}
+    assert route_weights(r) == {STABLE: 80, CANARY: 1}
+    assert route_weights({}) == {}
 
 
 # ---------------------------------------------------------------- invariants
@@ -290,7 +292,7 @@ def test_setting_the_weights_twice_writes_once_and_reads_back_as_set(
     assert traffic.route_rules(once, "iris", REVISION_SERVICES, STABLE, canary, weight) is None
     if any(refers_to_us(rule) for rule in r["spec"]["rules"]):
         split = canary is not None and canary != STABLE
-        weights = traffic.route_weights(once)
+        weights = route_weights(once)
         assert weights[STABLE] == (100 - weight if split else 100)
         if split:
             assert canary is not None and weights[canary] == weight

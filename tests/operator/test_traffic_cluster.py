@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from modelship.operator import auth, spec, traffic
+from modelship.operator import auth, spec
 from modelship.operator import client as kube
+from modelship.operator.rollout import traffic
 
 from tests.operator.models import Models, model_spec
+from tests.operator.routes import route_weights
 
 pytestmark = pytest.mark.cluster
 
@@ -67,7 +69,7 @@ async def test_weights_set_with_replace_read_back_from_the_api_server(
 
     await api.replace(with_rules(route, traffic.route_rules(route, "iris", set(), STABLE, CANARY, 10)))
     route = await read_route(api, namespace)
-    assert traffic.route_weights(route) == {STABLE: 90, CANARY: 10, "web": 1}
+    assert route_weights(route) == {STABLE: 90, CANARY: 10, "web": 1}
     assert route["spec"]["rules"][0]["matches"] == MODELS_RULE["matches"]
     assert route["spec"]["rules"][1] == web_before
     # The schema filled in defaults on our refs; they still read as set, so an idle resync writes nothing.
@@ -77,7 +79,7 @@ async def test_weights_set_with_replace_read_back_from_the_api_server(
         with_rules(route, traffic.route_rules(route, "iris", {STABLE, CANARY}, STABLE, None, 0))
     )
     route = await read_route(api, namespace)
-    assert traffic.route_weights(route) == {STABLE: 100, "web": 1}
+    assert route_weights(route) == {STABLE: 100, "web": 1}
     assert api.writes["replace"] == 2
 
 
@@ -102,7 +104,7 @@ async def test_a_route_changed_since_it_was_read_is_a_transient_conflict_and_not
     assert api.writes["replace"] == 1, "a stale body is not sent again"
     route = await read_route(api, namespace)
     assert route["metadata"]["labels"] == {"edited-by": "someone-else"}
-    assert traffic.route_weights(route) == {"iris": 1}
+    assert route_weights(route) == {"iris": 1}
 
 
 async def test_a_revision_service_is_accepted_by_server_side_apply(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from modelship.operator.workqueue import WorkQueue
+from modelship.operator.workqueue import DONE, Result, TerminalError, WorkQueue
 
 
 async def test_requests_during_a_reconcile_coalesce_into_one_more_run() -> None:
@@ -13,10 +13,11 @@ async def test_requests_during_a_reconcile_coalesce_into_one_more_run() -> None:
     release = asyncio.Event()
     calls: list[str] = []
 
-    async def reconcile(key: str) -> None:
+    async def reconcile(key: str) -> Result:
         calls.append(key)
         started.set()
         await release.wait()
+        return DONE
 
     queue: WorkQueue[str] = WorkQueue(reconcile)
     queue.request("a")
@@ -34,7 +35,7 @@ async def test_one_key_never_runs_twice_at_once_but_keys_run_in_parallel() -> No
     overlap: list[str] = []
     both = asyncio.Event()
 
-    async def reconcile(key: str) -> None:
+    async def reconcile(key: str) -> Result:
         running[key] = running.get(key, 0) + 1
         if running[key] > 1:
             overlap.append(key)
@@ -43,6 +44,7 @@ async def test_one_key_never_runs_twice_at_once_but_keys_run_in_parallel() -> No
         await asyncio.sleep(0)
         await asyncio.wait_for(both.wait(), 5)
         running[key] -= 1
+        return DONE
 
     queue: WorkQueue[str] = WorkQueue(reconcile, concurrency=4)
     for key in ["a", "b", "a", "b", "a"]:
@@ -58,11 +60,12 @@ async def test_a_failure_is_retried_after_a_backoff_and_then_succeeds() -> None:
     attempts: list[float] = []
     done = asyncio.Event()
 
-    async def reconcile(key: str) -> None:
+    async def reconcile(key: str) -> Result:
         attempts.append(asyncio.get_running_loop().time())
         if len(attempts) < 3:
             raise RuntimeError("API unavailable")
         done.set()
+        return DONE
 
     queue: WorkQueue[str] = WorkQueue(reconcile, base_delay=0.05, max_delay=0.2)
     queue.request("a")
@@ -75,8 +78,8 @@ async def test_a_failure_is_retried_after_a_backoff_and_then_succeeds() -> None:
 
 
 def test_backoff_grows_and_is_capped() -> None:
-    async def reconcile(key: str) -> None:
-        return None
+    async def reconcile(key: str) -> Result:
+        return DONE
 
     async def check() -> None:
         queue: WorkQueue[str] = WorkQueue(reconcile, base_delay=1.0, max_delay=10.0)
@@ -91,12 +94,12 @@ async def test_a_requested_requeue_runs_again_later() -> None:
     calls: list[str] = []
     twice = asyncio.Event()
 
-    async def reconcile(key: str) -> float | None:
+    async def reconcile(key: str) -> Result:
         calls.append(key)
         if len(calls) == 2:
             twice.set()
-            return None
-        return 0.01
+            return DONE
+        return Result(requeue_after=0.01)
 
     queue: WorkQueue[str] = WorkQueue(reconcile)
     queue.request("a")
@@ -108,8 +111,9 @@ async def test_a_requested_requeue_runs_again_later() -> None:
 async def test_an_immediate_request_replaces_a_pending_delayed_one() -> None:
     calls: list[str] = []
 
-    async def reconcile(key: str) -> None:
+    async def reconcile(key: str) -> Result:
         calls.append(key)
+        return DONE
 
     queue: WorkQueue[str] = WorkQueue(reconcile)
     queue.request("a", delay=60)
@@ -125,10 +129,11 @@ async def test_urgent_requests_get_the_next_free_slot_first() -> None:
     release = asyncio.Event()
     order: list[str] = []
 
-    async def reconcile(key: str) -> None:
+    async def reconcile(key: str) -> Result:
         order.append(key)
         if key == "busy":
             await release.wait()
+        return DONE
 
     queue: WorkQueue[str] = WorkQueue(reconcile, concurrency=1)
     queue.request("busy")
@@ -138,8 +143,47 @@ async def test_urgent_requests_get_the_next_free_slot_first() -> None:
     queue.request("new-spec", urgent=True)
     for _ in range(5):
         await asyncio.sleep(0)
-    assert queue.waiting == 3
+    assert queue.pending == 4  # one runs, three wait for its slot
     release.set()
     await asyncio.wait_for(queue.wait_idle(), 5)
     assert order == ["busy", "new-spec", "routine-1", "routine-2"]
+    await queue.close()
+
+
+async def test_a_terminal_error_is_counted_and_not_retried() -> None:
+    calls: list[str] = []
+
+    async def reconcile(key: str) -> Result:
+        calls.append(key)
+        raise TerminalError("the schema refuses this status")
+
+    queue: WorkQueue[str] = WorkQueue(reconcile, base_delay=0.001)
+    queue.request("a")
+    await asyncio.wait_for(queue.wait_idle(), 5)
+    assert calls == ["a"] and queue.errors == 1 and queue.pending == 0
+    queue.request("a")  # a new event runs it again
+    await asyncio.wait_for(queue.wait_idle(), 5)
+    assert calls == ["a", "a"]
+    await queue.close()
+
+
+class Throttled(Exception):
+    retry_after = 0.3  # what the client's Transient carries from a Retry-After header
+
+
+async def test_a_failure_waits_at_least_as_long_as_the_server_asked() -> None:
+    attempts: list[float] = []
+    done = asyncio.Event()
+
+    async def reconcile(key: str) -> Result:
+        attempts.append(asyncio.get_running_loop().time())
+        if len(attempts) == 1:
+            raise Throttled()
+        done.set()
+        return DONE
+
+    queue: WorkQueue[str] = WorkQueue(reconcile, base_delay=0.001)
+    queue.request("a")
+    await asyncio.wait_for(done.wait(), 5)
+    assert attempts[1] - attempts[0] >= Throttled.retry_after
     await queue.close()

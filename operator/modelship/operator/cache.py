@@ -17,23 +17,23 @@ dropped as deleted.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelship.operator import naming, observed
-from modelship.operator.decisions import Children
+from modelship.operator import bodies, kinds, naming
+from modelship.operator.bodies import Body
+from modelship.operator.children import Children
 from modelship.operator.expectations import is_at_least
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-Body = Mapping[str, Any]
 
-MODEL_DEPLOYMENT = "ModelDeployment"
-CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "Pod")
+MODEL_DEPLOYMENT = kinds.MODEL_DEPLOYMENTS.kind
 
 
 @dataclass
@@ -44,22 +44,98 @@ class _Entry:
 
 
 def owner_of(kind: str, body: Body) -> Key | None:
-    meta = body.get("metadata") or {}
-    namespace = meta.get("namespace") or ""
+    namespace = bodies.namespace_of(body)
     if kind == MODEL_DEPLOYMENT:
-        return (namespace, meta.get("name") or "")
-    owner = (meta.get("labels") or {}).get(naming.LABEL_MODEL_DEPLOYMENT)
+        return (namespace, bodies.name_of(body))
+    owner = bodies.labels_of(body).get(naming.LABEL_MODEL_DEPLOYMENT)
     return (namespace, owner) if owner else None
 
 
+def _meta(body: Body) -> dict[str, Any]:
+    meta = bodies.meta(body)
+    kept = {
+        key: meta[key]
+        for key in (
+            "name",
+            "namespace",
+            "uid",
+            "generation",
+            "labels",
+            "annotations",
+            "ownerReferences",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "resourceVersion",
+        )
+        if key in meta
+    }
+    annotations = kept.get("annotations")
+    if annotations and "kubectl.kubernetes.io/last-applied-configuration" in annotations:
+        kept["annotations"] = {
+            k: v for k, v in annotations.items() if k != "kubectl.kubernetes.io/last-applied-configuration"
+        }
+    return kept
+
+
+def trim_object(body: Body) -> dict[str, Any]:
+    """A ModelDeployment, Deployment, Service or HPA without managedFields and noise."""
+    kept: dict[str, Any] = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": _meta(body),
+    }
+    for key in ("spec", "status"):
+        if key in body:
+            kept[key] = body[key]
+    return kept
+
+
+def trim_pod(body: Body) -> dict[str, Any]:
+    status = body.get("status") or {}
+
+    def containers(key: str) -> list[dict[str, Any]]:
+        return [
+            {k: c[k] for k in ("name", "ready", "restartCount", "state", "lastState") if k in c}
+            for c in status.get(key) or ()
+        ]
+
+    return {
+        "metadata": _meta(body),
+        "status": {
+            "phase": status.get("phase"),
+            "conditions": [
+                {k: c[k] for k in ("type", "status", "reason", "message") if k in c}
+                for c in status.get("conditions") or ()
+            ],
+            "initContainerStatuses": containers("initContainerStatuses"),
+            "containerStatuses": containers("containerStatuses"),
+        },
+    }
+
+
+def pack(trimmed: Mapping[str, Any]) -> str:
+    """An object as the cache keeps it: one compact JSON string.
+
+    Thousands of watched objects kept as parsed dicts cost several times the memory of their
+    JSON, and many small long-lived objects fragment Python's allocator, so that memory from
+    a burst (a restart lists everything at once) is never returned to the system. Only a
+    reconcile of the owner reads them, so they are parsed then.
+    """
+    return json.dumps(trimmed, separators=(",", ":"))
+
+
+def unpack(packed: str | Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(packed) if isinstance(packed, str) else dict(packed)
+
+
 def _trim(kind: str, body: Body) -> dict[str, Any]:
-    return observed.trim_pod(body) if kind == "Pod" else observed.trim_object(body)
+    return trim_pod(body) if kind == kinds.PODS.kind else trim_object(body)
 
 
 class ObjectCache:
     def __init__(self, *, settle: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: dict[str, dict[Key, dict[str, _Entry]]] = {
-            kind: {} for kind in (MODEL_DEPLOYMENT, *CHILD_KINDS)
+            kind: {} for kind in (MODEL_DEPLOYMENT, *kinds.CHILD_KINDS)
         }
         self._unconfirmed = 0
         self._settle = settle
@@ -92,9 +168,8 @@ class ObjectCache:
         key = owner_of(kind, body)
         if key is None:
             return None
-        meta = body.get("metadata") or {}
-        name = meta.get("name") or ""
-        version = str(meta.get("resourceVersion") or "")
+        name = bodies.name_of(body)
+        version = bodies.resource_version(body) or ""
         objects = self._entries[kind].setdefault(key, {})
         old = objects.get(name)
         if old is not None and old.version != version and is_at_least(old.version, version):
@@ -102,7 +177,7 @@ class ObjectCache:
             # copy, but the event proves the object exists.
             self._confirm(old, confirmed)
             return key
-        entry = _Entry(observed.pack(_trim(kind, body)), version, confirmed)
+        entry = _Entry(pack(_trim(kind, body)), version, confirmed)
         if old is not None:
             entry.confirmed = old.confirmed
             self._confirm(entry, confirmed)
@@ -123,7 +198,7 @@ class ObjectCache:
         if key is None:
             return None
         objects = self._entries[kind].get(key)
-        name = (body.get("metadata") or {}).get("name") or ""
+        name = bodies.name_of(body)
         if objects is not None and name in objects:
             entry = objects.pop(name)
             if not entry.confirmed:
@@ -177,18 +252,13 @@ class ObjectCache:
 
     def model_deployment(self, key: Key) -> dict[str, Any] | None:
         entry = self._entries[MODEL_DEPLOYMENT].get(key, {}).get(key[1])
-        return observed.unpack(entry.packed) if entry is not None else None
+        return unpack(entry.packed) if entry is not None else None
 
     def children(self, key: Key) -> Children:
         def of(kind: str) -> list[dict[str, Any]]:
-            return [observed.unpack(entry.packed) for entry in self._entries[kind].get(key, {}).values()]
+            return [unpack(entry.packed) for entry in self._entries[kind].get(key, {}).values()]
 
-        return Children(
-            deployments=of("Deployment"),
-            services=of("Service"),
-            autoscalers=of("HorizontalPodAutoscaler"),
-            pods=of("Pod"),
-        )
+        return Children.from_kinds({kind: of(kind) for kind in kinds.CHILD_KINDS})
 
     def __len__(self) -> int:
         return sum(len(objects) for by_owner in self._entries.values() for objects in by_owner.values())

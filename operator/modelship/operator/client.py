@@ -3,8 +3,10 @@
 Kopf watches; this client writes. It takes its credentials from the same login function as
 Kopf (see `auth`), so both use one source, and logs in again when the API says 401 (service
 account tokens rotate). Conflicts, throttling, server errors and lost connections are retried
-with backoff; what is still failing after that raises `ApiError` with `transient=True`, for
-the caller to retry later. It counts every write it sends, so a benchmark or a test can prove
+with backoff, waiting as long as the server's Retry-After asks; what is still failing after
+that raises `Transient` (or its `Conflict`), for the caller to retry later; a refusal for good
+raises `ApiError`, and a 404 where an answer is needed `NotFound`, like Kopf's
+`kopf._cogs.clients.errors`. It counts every write it sends, so a benchmark or a test can prove
 that an idle resync writes nothing.
 """
 
@@ -12,87 +14,85 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import email.utils
 import inspect
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import kopf
-from modelship.operator import naming
+from modelship.operator import bodies, naming
+from modelship.operator.kinds import BY_KIND, ResourceKind
 
 logger = logging.getLogger(__name__)
 
-_TRANSIENT_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
-
-
-@dataclass(frozen=True)
-class ResourceKind:
-    group: str
-    version: str
-    plural: str
-    kind: str
-    namespaced: bool = True
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(
-        self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
-    ) -> str:
-        root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        parts = [root]
-        if self.namespaced and namespace:
-            parts.append(f"namespaces/{namespace}")
-        parts.append(self.plural)
-        if name:
-            parts.append(name)
-        if subresource:
-            parts.append(subresource)
-        return "/".join(parts)
-
-
-MODEL_DEPLOYMENTS = ResourceKind(naming.GROUP, naming.VERSION, naming.PLURAL, naming.KIND)
-DEPLOYMENTS = ResourceKind("apps", "v1", "deployments", "Deployment")
-SERVICES = ResourceKind("", "v1", "services", "Service")
-AUTOSCALERS = ResourceKind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
-PODS = ResourceKind("", "v1", "pods", "Pod")
-CLUSTER_PEERINGS = ResourceKind(
-    "kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering", namespaced=False
-)
-PEERINGS = ResourceKind("kopf.dev", "v1", "kopfpeerings", "KopfPeering")
-HTTPROUTES = ResourceKind("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
-
-KINDS = {
-    k.kind: k
-    for k in (
-        MODEL_DEPLOYMENTS,
-        DEPLOYMENTS,
-        SERVICES,
-        AUTOSCALERS,
-        PODS,
-        CLUSTER_PEERINGS,
-        PEERINGS,
-        HTTPROUTES,
-    )
-}
+_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A wait the server asks for beyond this is left to the work queue, not slept in a request.
+_MAX_INLINE_WAIT = 10.0
 
 
 class ApiError(Exception):
+    """The API refused a request for good (403, 422, ...): retrying the same request is useless."""
+
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(f"{status} {reason}: {message}" if status else f"{reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
 
-    @property
-    def transient(self) -> bool:
-        """Worth retrying later without any change from the user (an outage, throttling)."""
-        return self.status == 0 or self.status in _TRANSIENT_STATUSES
+
+class NotFound(ApiError):
+    """404: the object (or the kind) is not there."""
+
+
+class Transient(ApiError):
+    """Worth retrying later without any change from the user: an outage, throttling, a server
+    error. `retry_after` is the server's own word on when (Retry-After, or the Status body's
+    details.retryAfterSeconds), if it gave one."""
+
+    def __init__(self, status: int, reason: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(status, reason, message)
+        self.retry_after = retry_after
+
+
+class Conflict(Transient):
+    """409: someone else changed the object (or a precondition failed); read it again and retry."""
+
+
+def api_error(status: int, body: Any, retry_after: float | None = None) -> ApiError:
+    """The error for a failed response, of the class that says what to do about it."""
+    if isinstance(body, dict):
+        reason, message = str(body.get("reason") or "Error"), str(body.get("message") or body)
+        details = body.get("details") or {}
+        if retry_after is None and isinstance(details, dict) and details.get("retryAfterSeconds"):
+            retry_after = float(details["retryAfterSeconds"])
+    else:
+        reason, message = "Error", str(body)
+    if status == 404:
+        return NotFound(status, reason, message)
+    if status == 409:
+        return Conflict(status, reason, message, retry_after=retry_after)
+    if status == 0 or status in _TRANSIENT_STATUSES:
+        return Transient(status, reason, message, retry_after=retry_after)
+    return ApiError(status, reason, message)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds: a number of seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
 
 
 Login = Callable[[], kopf.ConnectionInfo | Awaitable[kopf.ConnectionInfo | None] | None]
@@ -123,7 +123,7 @@ class KubeClient:
         if inspect.isawaitable(info):
             info = await info
         if info is None:
-            raise ApiError(0, "LoginFailed", "no kubeconfig and no service account token found")
+            raise Transient(0, "LoginFailed", "no kubeconfig and no service account token found")
         assert isinstance(info, kopf.ConnectionInfo)
         if self._session is not None:
             await self._session.close()
@@ -151,9 +151,13 @@ class KubeClient:
         write: str | None = None,
         final: frozenset[int] = frozenset(),
     ) -> tuple[int, Any]:
-        """Send one request, retrying what is transient; return (status, parsed body)."""
+        """Send one request, retrying what is transient; return (status, parsed body).
+
+        A 404 is returned, not raised: most callers treat "gone" as an answer. Statuses in
+        `final` are raised at once, without retrying.
+        """
         relogged = False
-        last: ApiError | None = None
+        last: Transient | None = None
         for attempt in range(self._attempts):
             if self._session is None:
                 async with self._relogin_lock:
@@ -170,9 +174,9 @@ class KubeClient:
                 ) as response:
                     status = response.status
                     raw = await response.read()
-                    retry_after = response.headers.get("Retry-After")
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-                last = ApiError(0, "Unavailable", f"{method} {path}: {exc!r}")
+                last = Transient(0, "Unavailable", f"{method} {path}: {exc!r}")
             else:
                 parsed = _parse(raw)
                 if status == 401 and not relogged:
@@ -182,12 +186,15 @@ class KubeClient:
                     continue
                 if status < 400 or status == 404:
                     return status, parsed
-                error = _error(status, parsed)
-                if not error.transient or status in final:
+                error = api_error(status, parsed, retry_after)
+                if not isinstance(error, Transient) or status in final:
                     raise error
                 last = error
-                if retry_after and retry_after.isdigit():
-                    await asyncio.sleep(min(float(retry_after), 10.0))
+                if error.retry_after is not None:
+                    if error.retry_after > _MAX_INLINE_WAIT:
+                        raise error  # the work queue waits that long, without holding a slot
+                    if attempt + 1 < self._attempts:
+                        await asyncio.sleep(error.retry_after)
                     continue
             if attempt + 1 < self._attempts:
                 delay = self._backoff * (2**attempt)
@@ -198,13 +205,6 @@ class KubeClient:
     async def get(self, kind: ResourceKind, namespace: str | None, name: str) -> dict[str, Any] | None:
         status, body = await self._request("GET", kind.path(namespace, name))
         return None if status == 404 else body
-
-    async def list_objects(
-        self, kind: ResourceKind, namespace: str | None = None, *, label_selector: str | None = None
-    ) -> list[dict[str, Any]]:
-        return [
-            item async for page in self.pages(kind, namespace, label_selector=label_selector) for item in page
-        ]
 
     async def pages(
         self,
@@ -223,14 +223,14 @@ class KubeClient:
             if status == 404:
                 return
             yield list(body.get("items") or [])
-            token = (body.get("metadata") or {}).get("continue")
+            token = bodies.meta(body).get("continue")
             if not token:
                 return
             params["continue"] = token
 
     async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
         """Server-side apply under our field manager: a no-op when nothing changes."""
-        kind = KINDS[manifest["kind"]]
+        kind = BY_KIND[manifest["kind"]]
         meta = manifest["metadata"]
         params = {"fieldManager": naming.FIELD_MANAGER, "force": "true" if force else "false"}
         status, body = await self._request(
@@ -242,14 +242,14 @@ class KubeClient:
             write="apply",
         )
         if status == 404:
-            raise ApiError(404, "NotFound", f"{kind.kind} {meta['name']}: the API does not serve it")
+            raise NotFound(404, "NotFound", f"{kind.kind} {meta['name']}: the API does not serve it")
         return dict(body)
 
     async def replace(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """PUT a whole object we do not own (a user's HTTPRoute). Its metadata.resourceVersion
         turns a concurrent change into a 409, raised at once rather than retried with the same
         stale body: transient, for the caller to read the object again and retry."""
-        kind = KINDS[manifest["kind"]]
+        kind = BY_KIND[manifest["kind"]]
         meta = manifest["metadata"]
         status, body = await self._request(
             "PUT",
@@ -260,7 +260,7 @@ class KubeClient:
             final=frozenset({409}),
         )
         if status == 404:
-            raise ApiError(404, "NotFound", f"{kind.kind} {meta['name']} is gone")
+            raise NotFound(404, "NotFound", f"{kind.kind} {meta['name']} is gone")
         return dict(body)
 
     async def patch_status(
@@ -300,10 +300,8 @@ class KubeClient:
             status, _ = await self._request(
                 "DELETE", kind.path(namespace, name), body=options, write="delete", final=frozenset({409})
             )
-        except ApiError as exc:
-            if exc.status == 409:  # the uid precondition failed: a new object took the name
-                return False
-            raise
+        except Conflict:  # the uid precondition failed: a new object took the name
+            return False
         return status != 404
 
 
@@ -314,9 +312,3 @@ def _parse(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return {"message": raw.decode(errors="replace")[:500]}
-
-
-def _error(status: int, body: Any) -> ApiError:
-    if isinstance(body, dict):
-        return ApiError(status, str(body.get("reason") or "Error"), str(body.get("message") or body))
-    return ApiError(status, "Error", str(body))

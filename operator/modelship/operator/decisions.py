@@ -1,33 +1,28 @@
 """One reconcile's decision: which children to apply and which to delete. Pure, no I/O.
 
-It joins the other pure parts: the desired revision (manifests), the observed revisions
-(observed), the rollout policy (rollout) and the comparison with live objects (drift).
+It joins the other pure parts, one phase each: the rollout step (`rollout.steps`) on what is
+observed (`children`), the manifests it asks for (`manifests`, `rollout.traffic`), their
+comparison with the live objects (`drift`), and what is deleted and why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from modelship.operator import canary, manifests, naming, observed, traffic
+from modelship.operator import bodies, kinds, manifests, naming
+from modelship.operator.bodies import Body
+from modelship.operator.children import Children, RevisionState, revision_failure, revision_states
 from modelship.operator.drift import Difference, difference
 from modelship.operator.manifests import Manifest, Revision
-from modelship.operator.observed import RevisionState, revision_states
-from modelship.operator.rollout import RolloutPlan, plan_of
+from modelship.operator.reasons import Failure
+from modelship.operator.rollout import steps, traffic
+from modelship.operator.rollout.analysis import AnalysisSettings
+from modelship.operator.rollout.plan import RolloutPlan, plan_of
+from modelship.operator.rollout.state import RolloutState
 from modelship.operator.spec import ModelDeployment
 
-Body = Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Children:
-    """The live children of one ModelDeployment, as the operator's cache holds them."""
-
-    deployments: Sequence[Body] = ()
-    services: Sequence[Body] = ()
-    autoscalers: Sequence[Body] = ()
-    pods: Sequence[Body] = ()
+DEFAULT_SETTINGS = AnalysisSettings()
 
 
 @dataclass(frozen=True)
@@ -57,33 +52,61 @@ class Decision:
     revision: Revision
     plan: RolloutPlan
     revisions: Mapping[str, RevisionState]
+    rollout: steps.StepResult
+    target_failure: Failure | None = None  # why the target's pods cannot serve
     apply: tuple[Apply, ...] = ()
-    delete: tuple[Delete, ...] = field(default=())
-    rollout: canary.Outcome | None = None
+    delete: tuple[Delete, ...] = ()
     route_rules: list[Manifest] | None = None  # the HTTPRoute's new spec.rules, when they change
     route_missing: str | None = None
 
 
-@dataclass(frozen=True)
-class AnalysisSettings:
-    """What `decide` needs of the analysis settings (analysis.AnalysisSettings has them)."""
-
-    interval: float = 30.0
-    failure_limit: int = 2
+def rollout_state(md: ModelDeployment) -> RolloutState:
+    return RolloutState.from_status(md.status)
 
 
-def _owned(body: Body, md: ModelDeployment) -> bool:
-    """Ours, not a leftover of an earlier ModelDeployment of the same name being collected."""
-    refs = (body.get("metadata") or {}).get("ownerReferences") or ()
-    owners = [ref for ref in refs if ref.get("kind") == naming.KIND and ref.get("controller")]
-    return not owners or any(ref.get("uid") == md.uid for ref in owners)
+def measurement_due(
+    md: ModelDeployment, revision: Revision, settings: AnalysisSettings, *, now: float
+) -> bool:
+    return steps.analysis_due(md.rollout, rollout_state(md), revision.revision, settings.interval, now)
 
 
-def _by_name(bodies: Sequence[Body], name: str) -> Body | None:
-    for body in bodies:
-        if (body.get("metadata") or {}).get("name") == name:
-            return body
-    return None
+def decide(
+    md: ModelDeployment,
+    children: Children,
+    *,
+    server_image: str,
+    now: float,
+    measurement: steps.Verdict | None = None,
+    settings: AnalysisSettings = DEFAULT_SETTINGS,
+    route: Body | None = None,
+    revision: Revision | None = None,
+) -> Decision:
+    """`route` is the live HTTPRoute named in spec.rollout.canary.trafficRouting, if any;
+    `revision` the spec's revision when the caller has already computed it."""
+    if revision is None:
+        revision = manifests.desired_revision(md, server_image=server_image)
+    ours = children.owned_by(md.uid)
+    states = revision_states(ours.deployments)
+    failure = revision_failure(revision.revision, revision.version, states, ours.pods)
+    step = _step(md, revision, states, failure, measurement, settings, now)
+    wanted, target_deployment = _wanted(md, revision, ours, states, step)
+    applies = _applies(wanted, ours)
+    plan = _plan(md, revision, states, step, applies, target_deployment)
+    deletes = [*_retired(revision, ours, states, plan, step), *_stale_services(md, ours, step)]
+    if not any(m["kind"] == kinds.AUTOSCALERS.kind for m in wanted):
+        deletes.extend(_unwanted_autoscaler(md, ours))
+    route_rules, route_missing = _route(md, route, ours, step, revision)
+    return Decision(
+        revision=revision,
+        plan=plan,
+        revisions=states,
+        rollout=step,
+        target_failure=failure,
+        apply=tuple(applies),
+        delete=tuple(deletes),
+        route_rules=route_rules,
+        route_missing=route_missing,
+    )
 
 
 def _size(md: ModelDeployment, states: Mapping[str, RevisionState], stable: str | None) -> int:
@@ -96,164 +119,147 @@ def _size(md: ModelDeployment, states: Mapping[str, RevisionState], stable: str 
     return max(md.autoscaling.min_replicas, serving.spec_replicas if serving is not None else 0)
 
 
-def _revision_of(body: Body) -> str:
-    return ((body.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_REVISION, "")
-
-
-def target_failure(
-    revision: Revision, states: Mapping[str, RevisionState], pods: Sequence[Body]
-) -> str | None:
-    """Why the target revision's pods cannot serve, in their own words; None while all is well."""
-    mine = [p for p in pods if _revision_of(p) == revision.revision]
-    for failure in observed.pod_failures(mine):
-        return f"{failure.reason}: version {revision.version}, pod {failure.pod}: {failure.message}"
-    state = states.get(revision.revision)
-    if state is not None and state.failure is not None and not state.complete:
-        return f"{state.failure[0]}: version {revision.version}: {state.failure[1]}"
-    return None
-
-
-def rollout_state(md: ModelDeployment) -> canary.RolloutState:
-    return canary.RolloutState.from_status(md.status)
-
-
-def measurement_due(
-    md: ModelDeployment, revision: Revision, settings: AnalysisSettings, *, now: float
-) -> bool:
-    return canary.analysis_due(md.rollout, rollout_state(md), revision.revision, settings.interval, now)
-
-
-def decide(
+def _step(
     md: ModelDeployment,
-    children: Children,
-    *,
-    server_image: str,
+    revision: Revision,
+    states: Mapping[str, RevisionState],
+    failure: Failure | None,
+    measurement: steps.Verdict | None,
+    settings: AnalysisSettings,
     now: float,
-    measurement: canary.Verdict | None = None,
-    settings: AnalysisSettings = AnalysisSettings(),
-    route: Body | None = None,
-    revision: Revision | None = None,
-) -> Decision:
-    """`route` is the live HTTPRoute named in spec.rollout.canary.trafficRouting, if any;
-    `revision` the spec's revision when the caller has already computed it."""
-    if revision is None:
-        revision = manifests.desired_revision(md, server_image=server_image)
-    deployments = [d for d in children.deployments if _owned(d, md)]
-    states = revision_states(deployments)
+) -> steps.StepResult:
     state = rollout_state(md)
-    seen = canary.Observed(
+    inputs = steps.Inputs(
         target=revision.revision,
         target_version=revision.version,
         revisions=states,
         size=_size(md, states, state.stable),
         autoscaled=md.autoscaling is not None,
-        target_failure=target_failure(revision, states, children.pods),
+        target_failure=failure,
         measurement=measurement,
         action=md.annotations.get(naming.ANNOTATION_ACTION),
         routed=md.rollout.http_route is not None,
     )
-    outcome = canary.advance(
-        md.rollout,
-        state,
-        seen,
-        now,
-        analysis_interval=settings.interval,
-        failure_limit=settings.failure_limit,
-    )
+    return steps.advance(md.rollout, state, inputs, now, settings)
 
+
+def _serving(revision: Revision, step: steps.StepResult) -> str:
+    return step.stable or revision.revision
+
+
+def _wanted(
+    md: ModelDeployment,
+    revision: Revision,
+    ours: Children,
+    states: Mapping[str, RevisionState],
+    step: steps.StepResult,
+) -> tuple[list[Manifest], Manifest | None]:
+    """Every child the step asks for, and the target's Deployment among them."""
     wanted: list[Manifest] = []
     target_deployment: Manifest | None = None
-    for rev, replicas in sorted(outcome.replicas.items()):
+    for rev, replicas in sorted(step.replicas.items()):
         if rev == revision.revision:
             target_deployment = manifests.revision_deployment(md, revision, replicas)
             wanted.append(target_deployment)
-        elif replicas is not None:
-            body = _by_name(deployments, states[rev].deployment) if rev in states else None
+        elif replicas is not None and rev in states:
+            body = bodies.by_name(ours.deployments, states[rev].deployment)
             # Resized only when its size changes: an earlier revision is otherwise left as it is.
             if body is not None and states[rev].spec_replicas != replicas:
                 wanted.append(manifests.resized_deployment(dict(body), replicas))
     wanted.append(manifests.service(md))
-    serving = outcome.stable or revision.revision
-    routed = md.rollout.http_route is not None
-    if routed:
-        wanted.extend(traffic.revision_service(md, rev) for rev in sorted(outcome.replicas))
-    hpa = manifests.autoscaler(md, naming.deployment_name(md.name, serving))
+    if md.rollout.http_route is not None:
+        wanted.extend(traffic.revision_service(md, rev) for rev in sorted(step.replicas))
+    hpa = manifests.autoscaler(md, naming.deployment_name(md.name, _serving(revision, step)))
     if hpa is not None:
         wanted.append(hpa)
+    return wanted, target_deployment
 
-    live: dict[tuple[str, str], Body] = {}
-    for kind, bodies in (
-        ("Deployment", deployments),
-        ("Service", children.services),
-        ("HorizontalPodAutoscaler", children.autoscalers),
-    ):
-        for body in bodies:
-            if _owned(body, md):
-                live[(kind, (body.get("metadata") or {}).get("name", ""))] = body
 
+def _applies(wanted: Sequence[Manifest], ours: Children) -> list[Apply]:
     applies = []
     for manifest in wanted:
-        diff = difference(manifest, live.get((manifest["kind"], manifest["metadata"]["name"])))
+        live = bodies.by_name(ours.of(manifest["kind"]), manifest["metadata"]["name"])
+        diff = difference(manifest, live)
         if diff is not Difference.NONE:
             applies.append(Apply(manifest, diff))
+    return applies
 
+
+def _plan(
+    md: ModelDeployment,
+    revision: Revision,
+    states: Mapping[str, RevisionState],
+    step: steps.StepResult,
+    applies: Sequence[Apply],
+    target_deployment: Manifest | None,
+) -> RolloutPlan:
     target_up_to_date = all(a.manifest is not target_deployment for a in applies)
     target_state = states.get(revision.revision)
     if md.autoscaling is not None and target_state is not None:
         # A new Deployment starts with 1 pod until the HPA raises it to minReplicas: not Ready yet.
         target_up_to_date = target_up_to_date and target_state.spec_replicas >= md.autoscaling.min_replicas
-    plan = plan_of(revision.revision, outcome, target_state, target_up_to_date=target_up_to_date)
+    return plan_of(revision.revision, step, target_state, target_up_to_date=target_up_to_date)
 
+
+def _retired(
+    revision: Revision,
+    ours: Children,
+    states: Mapping[str, RevisionState],
+    plan: RolloutPlan,
+    step: steps.StepResult,
+) -> list[Delete]:
+    what = naming.describe_revision(revision.version, revision.revision)
+    why = (
+        f"{what} took over" if step.stable == revision.revision else f"replaced by {what} before it completed"
+    )
     deletes = []
     for rev in plan.retire:
-        retired = states[rev]
-        uid = ((_by_name(deployments, retired.deployment) or {}).get("metadata") or {}).get("uid")
-        why = (
-            f"revision {revision.revision} (version {revision.version}) took over"
-            if outcome.stable == revision.revision
-            else f"replaced by revision {revision.revision} before it completed"
-        )
-        deletes.append(Delete("Deployment", retired.deployment, uid, why))
-    revision_services = {
-        name: body
-        for (kind, name), body in live.items()
-        if kind == "Service" and name != md.name and _revision_of(body)
+        name = states[rev].deployment
+        uid = bodies.uid_of(bodies.by_name(ours.deployments, name))
+        deletes.append(Delete(kinds.DEPLOYMENTS.kind, name, uid, why))
+    return deletes
+
+
+def _revision_services(md: ModelDeployment, ours: Children) -> dict[str, Body]:
+    """The per-revision Services an HTTPRoute sends traffic to, by name."""
+    return {
+        bodies.name_of(body): body
+        for body in ours.services
+        if bodies.name_of(body) != md.name and bodies.revision_of(body)
     }
-    for name, body in sorted(revision_services.items()):
-        if not routed or _revision_of(body) not in outcome.replicas:
-            uid = (body.get("metadata") or {}).get("uid")
-            deletes.append(Delete("Service", name, uid, "its revision no longer takes traffic"))
-    route_rules = None
-    route_missing = None
-    if routed and route is None:
-        route_missing = f"HTTPRoute {md.rollout.http_route} not found in namespace {md.namespace}"
-    elif route is not None:
-        stable_service = naming.deployment_name(md.name, serving)
-        canary_service = (
-            naming.deployment_name(md.name, outcome.canary)
-            if outcome.canary is not None and outcome.abort is None and outcome.weight > 0
-            else None
-        )
-        route_rules = traffic.route_rules(
-            route,
-            md.name,
-            set(revision_services),
-            stable_service,
-            canary_service,
-            outcome.weight if canary_service is not None else 0,
-        )
+
+
+def _stale_services(md: ModelDeployment, ours: Children, step: steps.StepResult) -> list[Delete]:
+    routed = md.rollout.http_route is not None
+    return [
+        Delete(kinds.SERVICES.kind, name, bodies.uid_of(body), "its revision no longer takes traffic")
+        for name, body in sorted(_revision_services(md, ours).items())
+        if not routed or bodies.revision_of(body) not in step.replicas
+    ]
+
+
+def _unwanted_autoscaler(md: ModelDeployment, ours: Children) -> list[Delete]:
+    hpa = bodies.by_name(ours.autoscalers, md.name)
     if hpa is None:
-        for (kind, name), body in sorted(live.items()):
-            if kind == "HorizontalPodAutoscaler" and name == md.name:
-                uid = (body.get("metadata") or {}).get("uid")
-                deletes.append(Delete(kind, name, uid, "spec.autoscaling is unset"))
-    return Decision(
-        revision=revision,
-        plan=plan,
-        revisions=states,
-        apply=tuple(applies),
-        delete=tuple(deletes),
-        rollout=outcome,
-        route_rules=route_rules,
-        route_missing=route_missing,
+        return []
+    return [Delete(kinds.AUTOSCALERS.kind, md.name, bodies.uid_of(hpa), "spec.autoscaling is unset")]
+
+
+def _route(
+    md: ModelDeployment, route: Body | None, ours: Children, step: steps.StepResult, revision: Revision
+) -> tuple[list[Manifest] | None, str | None]:
+    """The HTTPRoute's new rules (None: unchanged), or why there is no route to write."""
+    if md.rollout.http_route is None:
+        return None, None
+    if route is None:
+        return None, f"HTTPRoute {md.rollout.http_route} not found in namespace {md.namespace}"
+    canary = step.canary if step.abort is None and step.weight > 0 else None
+    rules = traffic.route_rules(
+        route,
+        md.name,
+        set(_revision_services(md, ours)),
+        naming.deployment_name(md.name, _serving(revision, step)),
+        naming.deployment_name(md.name, canary) if canary is not None else None,
+        step.weight if canary is not None else 0,
     )
+    return rules, None

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
-from modelship.operator import auth, measuring, naming, watching
+from modelship.operator import auth, kinds, naming, watching
 from modelship.operator import client as kube
 from modelship.operator.cache import MODEL_DEPLOYMENT, ObjectCache
 from modelship.operator.config import OperatorConfig
 from modelship.operator.reconciler import Key, Reconciler
+from modelship.operator.rollout import measuring
 from modelship.operator.spec import ModelDeployment
 from modelship.operator.workqueue import WorkQueue
 
@@ -29,12 +30,6 @@ logger = logging.getLogger(__name__)
 
 MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 MANAGED_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
-CHILD_SELECTORS = (
-    ("apps", "v1", "deployments"),
-    ("v1", "services"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("v1", "pods"),
-)
 DEFAULT_PEERING = "modelship"
 
 
@@ -131,8 +126,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # land in metadata.annotations, where GitOps tools would see it as drift.
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
-    for selector in CHILD_SELECTORS:
-        settings.watching.label_selectors[selector] = MANAGED_SELECTOR
+    for child in kinds.CHILDREN:
+        settings.watching.label_selectors[child.resource.selector] = MANAGED_SELECTOR
 
     params = _cli_params()
     connections = max(8, config.concurrency * 2)
@@ -146,7 +141,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     listed = await watching.prefill(client, cache, served, MANAGED_SELECTOR)
     measurer = measuring.Measurer(config.prometheus_url)
     reconciler = Reconciler(
-        client, cache, post_event, config, measure=measurer, settings_of=measuring.step_settings
+        client, cache, post_event, config, measure=measurer, settings_of=measuring.settings_of
     )
     queue: WorkQueue[Key] = WorkQueue(reconciler.reconcile, concurrency=config.concurrency)
     memo.runtime = Runtime(
@@ -214,21 +209,12 @@ async def model_deployment_changed(event: Mapping[str, Any], body: kopf.Body, me
     _changed(memo, MODEL_DEPLOYMENT, event, body)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_changed(event: Mapping[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
-    _changed(memo, "Deployment", event, body)
+def _watch_child(kind: str, selector: tuple[str, str] | tuple[str, str, str]) -> None:
+    async def child_changed(event: Mapping[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
+        _changed(memo, kind, event, body)
+
+    kopf.on.event(*selector, labels=MANAGED, id=f"{kind.lower()}-changed")(child_changed)
 
 
-@kopf.on.event("v1", "services", labels=MANAGED)
-async def service_changed(event: Mapping[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
-    _changed(memo, "Service", event, body)
-
-
-@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
-async def autoscaler_changed(event: Mapping[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
-    _changed(memo, "HorizontalPodAutoscaler", event, body)
-
-
-@kopf.on.event("v1", "pods", labels=MANAGED)
-async def pod_changed(event: Mapping[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
-    _changed(memo, "Pod", event, body)
+for _child in kinds.CHILDREN:
+    _watch_child(_child.kind, _child.resource.selector)

@@ -54,7 +54,7 @@ def _server_uri(md: ModelDeployment) -> str:
 
 def _env(md: ModelDeployment) -> list[dict[str, Any]]:
     values: list[tuple[str, object]] = [
-        ("MODELSHIP_MODEL_NAME", md.model.name),
+        (naming.ENV_MODEL_NAME, md.model.name),
         ("MODELSHIP_MODEL_VERSION", md.model.version),
         ("MODELSHIP_MODEL_URI", _server_uri(md)),
         ("MODELSHIP_MODEL_SHA256", md.model.sha256),

@@ -46,6 +46,9 @@ PVC_MOUNT_DIR: Final = "/mnt/model-pvc"
 AUTH_MOUNT_DIR: Final = "/var/run/modelship/auth"
 TERMINATION_LOG: Final = "/dev/termination-log"
 
+# The one variable the operator reads back from a revision's pod template (the served name).
+ENV_MODEL_NAME: Final = "MODELSHIP_MODEL_NAME"
+
 INIT_CONTAINER: Final = "fetch-model"
 SERVER_CONTAINER: Final = "server"
 
@@ -72,3 +75,8 @@ def common_labels(md_name: str) -> dict[str, str]:
 
 def service_url(md_name: str, namespace: str, model_name: str) -> str:
     return f"http://{md_name}.{namespace}.svc.cluster.local/v2/models/{model_name}"
+
+
+def describe_revision(version: str | None, revision: str | None) -> str:
+    """How status, events and failures name a revision, in one wording."""
+    return f"version {version} (revision {revision})"

@@ -3,38 +3,37 @@
 Everything interesting is decided by pure functions (`decisions.decide`,
 `status.compute_status`); this module only performs the writes they ask for, posts the
 Kubernetes Events a user reads in `kubectl describe`, and writes status when it changed.
+A reconcile returns a `workqueue.Result`; a `client.Transient` error is raised for the queue
+to retry the whole reconcile, a refusal for good is recorded in status (ApplyFailed) and
+retried slowly, and a status the API refuses is a `workqueue.TerminalError`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelship.operator import canary, manifests, naming, observed, spec
+from modelship.operator import bodies, kinds, manifests, naming, reasons, spec
 from modelship.operator import client as kube
 from modelship.operator import status as status_
+from modelship.operator.bodies import Body
+from modelship.operator.children import Children, unschedulable_message
 from modelship.operator.config import OperatorConfig
-from modelship.operator.decisions import (
-    AnalysisSettings,
-    Apply,
-    Children,
-    Decision,
-    Delete,
-    decide,
-    measurement_due,
-)
+from modelship.operator.decisions import Apply, Decision, Delete, decide, measurement_due
 from modelship.operator.drift import Difference
 from modelship.operator.expectations import Expectations
+from modelship.operator.kinds import ResourceKind
+from modelship.operator.rollout.analysis import AnalysisSettings
+from modelship.operator.rollout.steps import Verdict
+from modelship.operator.workqueue import DONE, Result, TerminalError
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-Body = Mapping[str, Any]
 
 # A ModelDeployment with a write the API refused for good is retried this much later:
 # a missing permission may be granted meanwhile.
@@ -56,40 +55,38 @@ class EventSink(Protocol):
 class Writer(Protocol):
     """The client calls a reconcile makes (KubeClient has them)."""
 
-    writes: Any
-
     async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]: ...
 
     async def patch_status(
-        self, kind: kube.ResourceKind, namespace: str, name: str, patch: Mapping[str, Any]
+        self, kind: ResourceKind, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> dict[str, Any] | None: ...
 
     async def delete(
-        self, kind: kube.ResourceKind, namespace: str, name: str, *, uid: str | None = None
+        self, kind: ResourceKind, namespace: str, name: str, *, uid: str | None = None
     ) -> bool: ...
 
-    async def get(
-        self, kind: kube.ResourceKind, namespace: str | None, name: str
-    ) -> dict[str, Any] | None: ...
+    async def get(self, kind: ResourceKind, namespace: str | None, name: str) -> dict[str, Any] | None: ...
 
     async def replace(self, manifest: Mapping[str, Any]) -> dict[str, Any]: ...
 
     async def patch_json(
-        self, kind: kube.ResourceKind, namespace: str, name: str, operations: list[dict[str, Any]]
+        self, kind: ResourceKind, namespace: str, name: str, operations: list[dict[str, Any]]
     ) -> dict[str, Any] | None: ...
 
 
 # Measures a canary revision in Prometheus (see `analysis`); None: no analysis possible.
-Measure = Callable[[spec.ModelDeployment, str], Awaitable[canary.Verdict]]
+Measure = Callable[[spec.ModelDeployment, str], Awaitable[Verdict]]
 SettingsOf = Callable[[spec.ModelDeployment], AnalysisSettings]
 
 
 def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return bodies.format_time(time.time(), millis=False)
 
 
 @dataclass
-class Outcome:
+class Tally:
+    """What one reconcile did, for its log line."""
+
     writes: int = 0
     events: int = 0
     skipped: int = 0  # writes not repeated because the cache has not caught up with ours
@@ -126,39 +123,39 @@ class Reconciler:
         """Called for every watch event of a ModelDeployment or a child (None: deleted)."""
         self._expectations.observe((key, kind, name), resource_version)
 
-    async def reconcile(self, key: Key) -> float | None:
+    async def reconcile(self, key: Key) -> Result:
         await self._cache.wait_synced()  # never decide on a partial view: it would re-create children
         body = self._cache.model_deployment(key)
         if body is None:
             self._expectations.forget(key)
             self._seen.discard(key)
-            return None
-        if (body.get("metadata") or {}).get("deletionTimestamp"):
-            return None  # the garbage collector is removing the children; do not re-create them
-        started_at = _version(body)
-        outcome = Outcome()
+            return DONE
+        if bodies.being_deleted(body):
+            return DONE  # the garbage collector is removing the children; do not re-create them
+        started_at = bodies.resource_version(body)
+        tally = Tally()
         try:
             md = spec.parse(body)
         except spec.SpecError as exc:
-            await self._write_invalid(key, body, str(exc), outcome)
-            self._log(key, outcome, "invalid spec")
-            return None
+            await self._write_invalid(key, body, str(exc), tally)
+            self._log(key, tally, "invalid spec")
+            return DONE
         children = self._cache.children(key)
         now = self._wallclock()
         try:
             settings = self._settings_of(md)
         except ValueError as exc:
-            await self._write_invalid(key, body, f"spec.rollout.canary.analysis: {exc}", outcome)
-            self._log(key, outcome, "invalid analysis settings")
-            return None
+            await self._write_invalid(key, body, f"spec.rollout.canary.analysis: {exc}", tally)
+            self._log(key, tally, "invalid analysis settings")
+            return DONE
         revision = manifests.desired_revision(md, server_image=self._config.server_image)
         measurement = None
         if self._measure is not None and measurement_due(md, revision, settings, now=now):
             measurement = await self._measure(md, revision.revision)
-            outcome.actions.append(f"analysis {measurement.verdict}")
+            tally.actions.append(f"analysis {measurement.verdict}")
         route = None
         if md.rollout.http_route is not None:
-            route = await self._writer.get(kube.HTTPROUTES, md.namespace, md.rollout.http_route)
+            route = await self._writer.get(kinds.HTTPROUTES, md.namespace, md.rollout.http_route)
         decision = decide(
             md,
             children,
@@ -172,27 +169,24 @@ class Reconciler:
         errors: list[str] = []
         # The children are independent of each other: write them at once, not one after another.
         results = await asyncio.gather(
-            *(self._apply(md, action, children, errors, outcome) for action in decision.apply),
-            *(
-                self._delete(md, deletion, decision, children, errors, outcome)
-                for deletion in decision.delete
-            ),
+            *(self._apply(md, action, children, errors, tally) for action in decision.apply),
+            *(self._delete(md, deletion, decision, children, errors, tally) for deletion in decision.delete),
             return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
-                raise result  # transient: the queue retries the whole reconcile after a backoff
+                raise result  # Transient: the queue retries the whole reconcile after a backoff
         if decision.route_missing is not None:
             errors.append(decision.route_missing)
         elif route is not None and decision.route_rules is not None:
-            await self._set_route(md, route, decision.route_rules, errors, outcome)
-        await self._write_status(md, decision, children, errors, outcome, started_at)
-        await self._clear_action(md, decision, outcome)
-        self._log(key, outcome, "")
+            await self._set_route(md, route, decision.route_rules, errors, tally)
+        await self._write_status(md, decision, children, errors, tally, started_at)
+        await self._clear_action(md, decision, tally)
+        self._log(key, tally, "")
         delays = [PERMANENT_ERROR_RETRY] if errors else []
-        if decision.rollout is not None and decision.rollout.requeue_after is not None:
+        if decision.rollout.requeue_after is not None:
             delays.append(decision.rollout.requeue_after)
-        return min(delays) if delays else None
+        return Result(requeue_after=min(delays)) if delays else DONE
 
     async def _set_route(
         self,
@@ -200,22 +194,22 @@ class Reconciler:
         route: Body,
         rules: list[dict[str, Any]],
         errors: list[str],
-        outcome: Outcome,
+        tally: Tally,
     ) -> None:
         """Written after the per-revision Services exist, so the route never points at nothing."""
         updated = {**route, "spec": {**(route.get("spec") or {}), "rules": rules}}
         updated.pop("status", None)
         try:
             await self._writer.replace(updated)
+        except kube.Transient:
+            raise  # a conflict: read the route again in the retry
         except kube.ApiError as exc:
-            if exc.transient:
-                raise  # a conflict: read the route again in the retry
             errors.append(f"HTTPRoute {md.rollout.http_route}: {exc.message}")
             return
-        outcome.writes += 1
-        outcome.actions.append(f"route {md.rollout.http_route}")
+        tally.writes += 1
+        tally.actions.append(f"route {md.rollout.http_route}")
 
-    async def _clear_action(self, md: spec.ModelDeployment, decision: Decision, outcome: Outcome) -> None:
+    async def _clear_action(self, md: spec.ModelDeployment, decision: Decision, tally: Tally) -> None:
         """Remove the modelship.io/action annotation once status shows it was handled.
 
         Status is written first: a restart between the two writes then finds the action
@@ -229,47 +223,38 @@ class Reconciler:
         path = "/metadata/annotations/" + naming.ANNOTATION_ACTION.replace("~", "~0").replace("/", "~1")
         operations = [{"op": "test", "path": path, "value": value}, {"op": "remove", "path": path}]
         try:
-            await self._writer.patch_json(kube.MODEL_DEPLOYMENTS, md.namespace, md.name, operations)
-        except kube.ApiError as exc:
-            if exc.transient:
-                raise
+            await self._writer.patch_json(kinds.MODEL_DEPLOYMENTS, md.namespace, md.name, operations)
+        except kube.Transient:
+            raise
+        except kube.ApiError:
             return  # 422: the test failed, a newer action is there; the next reconcile handles it
-        outcome.writes += 1
-        outcome.actions.append("action handled")
-
-    def _live(self, children: Children, kind: str, name: str) -> Body | None:
-        bodies = {
-            "Deployment": children.deployments,
-            "Service": children.services,
-            "HorizontalPodAutoscaler": children.autoscalers,
-        }[kind]
-        for body in bodies:
-            if (body.get("metadata") or {}).get("name") == name:
-                return body
-        return None
+        tally.writes += 1
+        tally.actions.append("action handled")
 
     async def _apply(
-        self, md: spec.ModelDeployment, action: Apply, children: Children, errors: list[str], outcome: Outcome
+        self, md: spec.ModelDeployment, action: Apply, children: Children, errors: list[str], tally: Tally
     ) -> None:
         ref = (md.key, action.kind, action.name)
-        live = self._live(children, action.kind, action.name)
-        if self._expectations.pending(ref, _version(live)):
-            outcome.skipped += 1
+        live = bodies.by_name(children.of(action.kind), action.name)
+        if self._expectations.pending(ref, bodies.resource_version(live)):
+            tally.skipped += 1
             return
         try:
             result = await self._writer.apply(action.manifest)
+        except kube.Transient:
+            raise
         except kube.ApiError as exc:
-            if exc.transient:
-                raise
             errors.append(f"{action.kind} {action.name}: {exc.message}")
-            self._event(md, "Warning", "ApplyFailed", f"{action.kind} {action.name}: {exc.message}", outcome)
+            self._event(
+                md, "Warning", reasons.APPLY_FAILED, f"{action.kind} {action.name}: {exc.message}", tally
+            )
             return
-        outcome.writes += 1
-        outcome.actions.append(f"apply {action.kind}/{action.name} ({action.difference.value})")
-        self._expectations.expect(ref, _version(result))
+        tally.writes += 1
+        tally.actions.append(f"apply {action.kind}/{action.name} ({action.difference.value})")
+        self._expectations.expect(ref, bodies.resource_version(result))
         event = _apply_event(md, action)
         if event is not None:
-            self._event(md, "Normal", *event, outcome)
+            self._event(md, "Normal", *event, tally)
 
     async def _delete(
         self,
@@ -278,33 +263,33 @@ class Reconciler:
         decision: Decision,
         children: Children,
         errors: list[str],
-        outcome: Outcome,
+        tally: Tally,
     ) -> None:
         ref = (md.key, deletion.kind, deletion.name)
-        live = self._live(children, deletion.kind, deletion.name)
-        if self._expectations.pending(ref, _version(live)):
-            outcome.skipped += 1
+        live = bodies.by_name(children.of(deletion.kind), deletion.name)
+        if self._expectations.pending(ref, bodies.resource_version(live)):
+            tally.skipped += 1
             return
-        kind = kube.KINDS[deletion.kind]
+        kind = kinds.BY_KIND[deletion.kind]
         try:
             await self._writer.delete(kind, md.namespace, deletion.name, uid=deletion.uid)
+        except kube.Transient:
+            raise
         except kube.ApiError as exc:
-            if exc.transient:
-                raise
             errors.append(f"deleting {deletion.kind} {deletion.name}: {exc.message}")
             return
-        outcome.writes += 1
-        outcome.actions.append(f"delete {deletion.kind}/{deletion.name}")
+        tally.writes += 1
+        tally.actions.append(f"delete {deletion.kind}/{deletion.name}")
         self._expectations.expect(ref, None)
-        if deletion.kind == "Deployment":
+        if deletion.kind == kinds.DEPLOYMENTS.kind:
             version = next(
                 (s.version for s in decision.revisions.values() if s.deployment == deletion.name), "?"
             )
             message = f"deleted Deployment {deletion.name} (version {version}): {deletion.why}"
-            self._event(md, "Normal", "RevisionRetired", message, outcome)
-        elif deletion.kind == "HorizontalPodAutoscaler":
+            self._event(md, "Normal", reasons.EVENT_REVISION_RETIRED, message, tally)
+        elif deletion.kind == kinds.AUTOSCALERS.kind:
             message = f"deleted HPA {deletion.name}: {deletion.why}"
-            self._event(md, "Normal", "AutoscalerRemoved", message, outcome)
+            self._event(md, "Normal", reasons.EVENT_AUTOSCALER_REMOVED, message, tally)
 
     async def _write_status(
         self,
@@ -312,112 +297,87 @@ class Reconciler:
         decision: Decision,
         children: Children,
         errors: list[str],
-        outcome: Outcome,
+        tally: Tally,
         started_at: str | None,
     ) -> None:
-        keep = set(decision.plan.keep)
-        pods = [p for p in children.pods if _revision_of(p) in keep]
-        seen = status_.Observations(
+        pods = [p for p in children.pods if bodies.revision_of(p) in decision.plan.keep]
+        seen = status_.StatusInputs(
             revisions=decision.revisions,
-            pod_failures=observed.pod_failures(pods),
-            unschedulable=observed.unschedulable_message(pods, decision.plan.target),
+            target_failure=decision.target_failure,
+            unschedulable=unschedulable_message(pods, decision.plan.target),
             apply_errors=tuple(errors),
             rollout=decision.rollout,
         )
         new = status_.compute_status(md, decision.revision, decision.plan, seen, now=self._clock())
-        await self._patch_status(md.key, md.status, new, outcome, md=md, started_at=started_at)
+        await self._patch_status(md.key, md.status, new, tally, md=md, started_at=started_at)
 
-    async def _write_invalid(self, key: Key, body: Body, message: str, outcome: Outcome) -> None:
-        meta = body.get("metadata") or {}
-        old = body.get("status") or {}
-        generation = int(meta.get("generation") or 0)
-        previous = old.get("conditions") or []
-
-        def condition(kind: str, value: bool, reason: str, text: str) -> dict[str, Any]:
-            return status_.make_condition(
-                kind, value, reason, text, generation=generation, previous=previous, now=self._clock()
-            )
-
-        new = {
-            "observedGeneration": generation,
-            "phase": status_.PHASE_DEGRADED,
-            "conditions": [
-                condition(status_.READY, False, "InvalidSpec", message),
-                condition(status_.PROGRESSING, False, "InvalidSpec", message),
-                condition(status_.DEGRADED, True, "InvalidSpec", message),
-            ],
-        }
-        await self._patch_status(key, old, new, outcome, md=None, started_at=_version(body))
+    async def _write_invalid(self, key: Key, body: Body, message: str, tally: Tally) -> None:
+        new = status_.invalid_status(body, message, now=self._clock())
+        old = bodies.status_of(body)
+        await self._patch_status(key, old, new, tally, md=None, started_at=bodies.resource_version(body))
 
     async def _patch_status(
         self,
         key: Key,
         old: Mapping[str, Any],
         new: Mapping[str, Any],
-        outcome: Outcome,
+        tally: Tally,
         *,
         md: spec.ModelDeployment | None,
         started_at: str | None,
     ) -> None:
         ref = (key, naming.KIND, key[1])
         body = self._cache.model_deployment(key)
-        if _version(body) != started_at:
+        if bodies.resource_version(body) != started_at:
             # The object changed while we wrote its children: `old` is stale, and the event of
             # that change has already asked for another reconcile, which writes the status.
-            outcome.skipped += 1
+            tally.skipped += 1
             return
         patch = status_.merge_patch(old, new, owned=status_.OWNED_STATUS_FIELDS)
         if not patch:
             return
-        if self._expectations.pending(ref, _version(body)):
-            outcome.skipped += 1
+        if self._expectations.pending(ref, bodies.resource_version(body)):
+            tally.skipped += 1
             return
-        result = await self._writer.patch_status(kube.MODEL_DEPLOYMENTS, key[0], key[1], patch)
-        outcome.writes += 1
-        outcome.actions.append("status " + ",".join(sorted(patch)))
+        try:
+            result = await self._writer.patch_status(kinds.MODEL_DEPLOYMENTS, key[0], key[1], patch)
+        except kube.ApiError as exc:
+            if exc.status == 422:  # the CRD's schema refuses the status we computed: no retry fixes that
+                raise TerminalError(f"status of {key[0]}/{key[1]} refused: {exc}") from exc
+            raise  # Transient, or a permission that may yet be granted: retried with backoff
+        tally.writes += 1
+        tally.actions.append("status " + ",".join(sorted(patch)))
         if result is None:
             return  # deleted meanwhile
-        self._expectations.expect(ref, _version(result))
+        self._expectations.expect(ref, bodies.resource_version(result))
         if md is not None:
             for type_, reason, message in transition_events(old, new):
-                self._event(md, type_, reason, message, outcome)
+                self._event(md, type_, reason, message, tally)
 
-    def _event(
-        self, md: spec.ModelDeployment, type_: str, reason: str, message: str, outcome: Outcome
-    ) -> None:
-        outcome.events += 1
+    def _event(self, md: spec.ModelDeployment, type_: str, reason: str, message: str, tally: Tally) -> None:
+        tally.events += 1
         self._events(md, type_, reason, message)
 
-    def _log(self, key: Key, outcome: Outcome, note: str) -> None:
+    def _log(self, key: Key, tally: Tally, note: str) -> None:
         first = key not in self._seen
         self._seen.add(key)
         # The first reconcile of each object after a start is logged even when it wrote
         # nothing: that line is how a restart is shown to have changed nothing.
-        level = logging.INFO if outcome.writes or outcome.events or first else logging.DEBUG
+        level = logging.INFO if tally.writes or tally.events or first else logging.DEBUG
         logger.log(
             level,
             "reconciled %s/%s in %.3fs: writes=%d events=%d skipped=%d first=%s%s%s",
             key[0],
             key[1],
-            time.monotonic() - outcome.started,
-            outcome.writes,
-            outcome.events,
-            outcome.skipped,
+            time.monotonic() - tally.started,
+            tally.writes,
+            tally.events,
+            tally.skipped,
             str(first).lower(),
             f" ({note})" if note else "",
-            f" [{'; '.join(outcome.actions)}]" if outcome.actions else "",
-            extra={"md": f"{key[0]}/{key[1]}", "writes": outcome.writes, "first": first},
+            f" [{'; '.join(tally.actions)}]" if tally.actions else "",
+            extra={"md": f"{key[0]}/{key[1]}", "writes": tally.writes, "first": first},
         )
-
-
-def _version(body: Mapping[str, Any] | None) -> str | None:
-    if body is None:
-        return None
-    return (body.get("metadata") or {}).get("resourceVersion")
-
-
-def _revision_of(pod: Body) -> str:
-    return ((pod.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_REVISION, "")
 
 
 def _apply_event(md: spec.ModelDeployment, action: Apply) -> tuple[str, str] | None:
@@ -426,41 +386,41 @@ def _apply_event(md: spec.ModelDeployment, action: Apply) -> tuple[str, str] | N
     manifest = action.manifest
     kind, name = action.kind, action.name
     if action.difference is Difference.DRIFTED:
-        return "DriftRepaired", f"restored {kind} {name}, which was changed or deleted by hand"
+        return reasons.EVENT_DRIFT_REPAIRED, f"restored {kind} {name}, which was changed or deleted by hand"
     created = action.difference is Difference.MISSING
-    if kind == "Deployment":
+    if kind == kinds.DEPLOYMENTS.kind:
         labels = manifest["metadata"]["labels"]
-        what = f"version {labels[naming.LABEL_VERSION]} (revision {labels[naming.LABEL_REVISION]})"
+        what = naming.describe_revision(labels[naming.LABEL_VERSION], labels[naming.LABEL_REVISION])
         size = manifest["spec"].get("replicas")
         scale = "sized by the autoscaler" if size is None else f"{size} replicas"
         if created:
-            return "RevisionCreated", f"created Deployment {name} for {what}, {scale}"
-        return "RevisionUpdated", f"updated Deployment {name} for {what}, {scale}"
-    if kind == "HorizontalPodAutoscaler":
+            return reasons.EVENT_REVISION_CREATED, f"created Deployment {name} for {what}, {scale}"
+        return reasons.EVENT_REVISION_UPDATED, f"updated Deployment {name} for {what}, {scale}"
+    if kind == kinds.AUTOSCALERS.kind:
         hpa = manifest["spec"]
         text = (
             f"HPA {name} scales Deployment {hpa['scaleTargetRef']['name']} "
             f"between {hpa['minReplicas']} and {hpa['maxReplicas']} replicas"
         )
-        return ("AutoscalerCreated" if created else "AutoscalerUpdated"), text
+        return (reasons.EVENT_AUTOSCALER_CREATED if created else reasons.EVENT_AUTOSCALER_UPDATED), text
     return None
 
 
 def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """Events for conditions that flipped (or a failure whose reason changed)."""
     events = []
-    old_ready = status_.condition_of(old, status_.READY) or {}
-    new_ready = status_.condition_of(new, status_.READY) or {}
+    old_ready = bodies.condition(old, reasons.READY) or {}
+    new_ready = bodies.condition(new, reasons.READY) or {}
     if new_ready.get("status") == "True" and old_ready.get("status") != "True":
-        events.append(("Normal", "Ready", str(new_ready.get("message", ""))))
-    old_degraded = status_.condition_of(old, status_.DEGRADED) or {}
-    new_degraded = status_.condition_of(new, status_.DEGRADED) or {}
+        events.append(("Normal", reasons.EVENT_READY, str(new_ready.get("message", ""))))
+    old_degraded = bodies.condition(old, reasons.DEGRADED) or {}
+    new_degraded = bodies.condition(new, reasons.DEGRADED) or {}
     if new_degraded.get("status") == "True" and (
         old_degraded.get("status") != "True" or old_degraded.get("reason") != new_degraded.get("reason")
     ):
         events.append(("Warning", str(new_degraded.get("reason")), str(new_degraded.get("message", ""))))
     if new_degraded.get("status") == "False" and old_degraded.get("status") == "True":
-        events.append(("Normal", "Recovered", "no failures any more"))
+        events.append(("Normal", reasons.EVENT_RECOVERED, "no failures any more"))
     return events + rollout_events(old.get("rollout") or {}, new.get("rollout") or {})
 
 
@@ -472,25 +432,29 @@ def rollout_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple
         events.append(
             (
                 "Normal",
-                "CanaryStarted",
-                f"version {new.get('canaryVersion')} (revision {canary}) starts at step 1",
+                reasons.EVENT_CANARY_STARTED,
+                f"{naming.describe_revision(new.get('canaryVersion'), canary)} starts at step 1",
             )
         )
     elif canary and new.get("step") != old.get("step") and not new.get("abortedRevision"):
         steps = new.get("steps", 0)
         done = min(int(new.get("step") or 0), int(steps))
         events.append(
-            ("Normal", "CanaryStep", f"step {done}/{steps} done, canary weight {new.get('weight', 0)}%")
+            (
+                "Normal",
+                reasons.EVENT_CANARY_STEP,
+                f"step {done}/{steps} done, canary weight {new.get('weight', 0)}%",
+            )
         )
     if new.get("paused") and not old.get("paused") and new.get("pauseReason"):
-        events.append(("Normal", "RolloutPaused", str(new["pauseReason"])))
+        events.append(("Normal", reasons.ROLLOUT_PAUSED, str(new["pauseReason"])))
     stable = new.get("stableRevision")
     if stable and old.get("canaryRevision") == stable and not canary:
         events.append(
             (
                 "Normal",
-                "Promoted",
-                f"version {new.get('stableVersion')} (revision {stable}) serves all traffic",
+                reasons.EVENT_PROMOTED,
+                f"{naming.describe_revision(new.get('stableVersion'), stable)} serves all traffic",
             )
         )
     return events

@@ -93,13 +93,14 @@ class Step:
     analysis: bool = False
 
     def describe(self) -> str:
+        """The step as a user would say it; status, events and the kubectl plugin all show this."""
         if self.set_weight is not None:
-            return f"setWeight {self.set_weight}"
+            return f"setWeight: {self.set_weight}%"
         if self.analysis:
             return "analysis"
         if self.pause is None or self.pause == float("inf"):
-            return "pause until promoted"
-        return f"pause {format_duration(self.pause)}"
+            return "pause: until promoted"
+        return f"pause: {format_duration(self.pause)}"
 
 
 @dataclass(frozen=True)
@@ -115,24 +116,25 @@ class RolloutSpec:
         return self.strategy == STRATEGY_RECREATE
 
 
+def parse_step(item: Any, index: int = 0) -> Step:
+    """One step of spec.rollout.canary.steps; SpecError for one that is none of the three."""
+    item = item if isinstance(item, Mapping) else {}
+    if "setWeight" in item:
+        return Step(set_weight=int(item["setWeight"]))
+    if "analysis" in item:
+        return Step(analysis=True)
+    if "pause" in item:
+        duration = (item.get("pause") or {}).get("duration")
+        try:
+            seconds = float("inf") if duration is None else parse_duration(duration)
+        except ValueError as exc:
+            raise SpecError(f"spec.rollout.canary.steps[{index}].pause.duration: {exc}") from None
+        return Step(pause=seconds)
+    raise SpecError(f"spec.rollout.canary.steps[{index}] must be one of setWeight, pause or analysis")
+
+
 def _steps(raw: Any) -> tuple[Step, ...]:
-    steps = []
-    for index, item in enumerate(raw or ()):
-        item = item or {}
-        if "setWeight" in item:
-            steps.append(Step(set_weight=int(item["setWeight"])))
-        elif "analysis" in item:
-            steps.append(Step(analysis=True))
-        elif "pause" in item:
-            duration = (item.get("pause") or {}).get("duration")
-            try:
-                seconds = float("inf") if duration is None else parse_duration(duration)
-            except ValueError as exc:
-                raise SpecError(f"spec.rollout.canary.steps[{index}].pause.duration: {exc}") from None
-            steps.append(Step(pause=seconds))
-        else:
-            raise SpecError(f"spec.rollout.canary.steps[{index}] must be one of setWeight, pause or analysis")
-    return tuple(steps)
+    return tuple(parse_step(item, index) for index, item in enumerate(raw or ()))
 
 
 def _rollout(raw: Mapping[str, Any]) -> RolloutSpec:

@@ -11,56 +11,60 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelship.operator import canary, naming
+from modelship.operator import bodies, naming, reasons
+from modelship.operator.children import RevisionState
 from modelship.operator.manifests import Revision
-from modelship.operator.observed import PodFailure, RevisionState
-from modelship.operator.rollout import RolloutPlan
+from modelship.operator.reasons import Failure
+from modelship.operator.rollout.plan import RolloutPlan
+from modelship.operator.rollout.steps import StepResult
 from modelship.operator.spec import ModelDeployment
 
-READY = "Ready"
-PROGRESSING = "Progressing"
-DEGRADED = "Degraded"
-
-PHASE_PROGRESSING = "Progressing"
-PHASE_PAUSED = "Paused"
-PHASE_HEALTHY = "Healthy"
-PHASE_DEGRADED = "Degraded"
+Condition = tuple[bool, str, str]  # status, reason, message
 
 
 @dataclass(frozen=True)
-class Failure:
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Observations:
-    """Everything the status is computed from, besides the spec."""
+class StatusInputs:
+    """Everything the status is computed from, besides the spec and the plan."""
 
     revisions: Mapping[str, RevisionState]
-    pod_failures: Sequence[PodFailure] = ()
+    target_failure: Failure | None = None  # why the target's pods cannot serve (children.revision_failure)
     unschedulable: str | None = None
     apply_errors: Sequence[str] = ()
-    rollout: canary.Outcome | None = None
+    rollout: StepResult | None = None
 
 
-def _target_failure(
-    revision: Revision, plan: RolloutPlan, seen: Observations, target: RevisionState | None
-) -> Failure | None:
+@dataclass(frozen=True)
+class _Facts:
+    """What the three conditions are computed from, worked out once."""
+
+    what: str  # "version V (revision R)" of the target
+    version: str
+    desired: int
+    target_ready: int
+    complete: bool
+    rolling: bool
+    failure: Failure | None
+    aborted: bool
+    paused: str | None
+    progress: str  # " (step 2/4, canary weight 25%)" while a canary runs
+    note: str  # "; version 1 (revision ...) keeps serving" while the target does not serve
+
+
+def _desired(md: ModelDeployment, target: RevisionState | None) -> int:
+    desired = md.desired_replicas
+    if desired is not None:
+        return desired
+    assert md.autoscaling is not None  # autoscaled: the size the autoscaler chose, or its floor until it has
+    floor = md.autoscaling.min_replicas
+    return max(target.spec_replicas, floor) if target is not None else floor
+
+
+def _failure(plan: RolloutPlan, seen: StatusInputs, abort: Failure | None) -> Failure | None:
+    if abort is not None:
+        return abort
     if seen.apply_errors:
-        return Failure("ApplyFailed", "; ".join(seen.apply_errors))
-    if plan.target_complete:
-        return None
-    for failure in seen.pod_failures:
-        if failure.revision == plan.target:
-            return Failure(
-                failure.reason,
-                f"version {revision.version} (revision {plan.target}), pod {failure.pod}: {failure.message}",
-            )
-    if target is not None and target.failure is not None:
-        reason, message = target.failure
-        return Failure(reason, f"version {revision.version} (revision {plan.target}): {message}")
-    return None
+        return Failure(reasons.APPLY_FAILED, "; ".join(seen.apply_errors))
+    return None if plan.target_complete else seen.target_failure
 
 
 def _serving_note(plan: RolloutPlan, stable: RevisionState | None) -> str:
@@ -68,123 +72,144 @@ def _serving_note(plan: RolloutPlan, stable: RevisionState | None) -> str:
         return ""
     if stable is None:
         return "; no earlier version is serving"
-    return f"; version {stable.version} (revision {stable.revision}) keeps serving"
+    return f"; {naming.describe_revision(stable.version, stable.revision)} keeps serving"
+
+
+def _facts(md: ModelDeployment, revision: Revision, plan: RolloutPlan, seen: StatusInputs) -> _Facts:
+    target = seen.revisions.get(plan.target)
+    stable = seen.revisions.get(plan.stable) if plan.stable else None
+    rolling = plan.stable is not None and plan.stable != plan.target
+    outcome = seen.rollout if rolling else None
+    abort = outcome.abort if outcome is not None else None
+    return _Facts(
+        what=naming.describe_revision(revision.version, plan.target),
+        version=revision.version,
+        desired=_desired(md, target),
+        target_ready=target.ready_replicas if target is not None else 0,
+        complete=plan.target_complete,
+        rolling=rolling,
+        failure=_failure(plan, seen, abort),
+        aborted=abort is not None,
+        paused=outcome.paused if outcome is not None else None,
+        progress=_progress_note(md, outcome) if outcome is not None and abort is None else "",
+        note=_serving_note(plan, stable),
+    )
+
+
+def _ready(facts: _Facts, unschedulable: str | None) -> Condition:
+    if facts.failure is not None and not facts.complete:
+        return False, facts.failure.reason, facts.failure.message + facts.note
+    if facts.complete:
+        reason = reasons.SCALED_TO_ZERO if facts.desired == 0 else reasons.AVAILABLE
+        return (
+            True,
+            reason,
+            f"version {facts.version} serves with {facts.target_ready}/{facts.desired} replicas ready",
+        )
+    detail = f"version {facts.version}: {facts.target_ready}/{facts.desired} replicas ready"
+    if unschedulable:
+        detail += f" (pods cannot be scheduled: {unschedulable})"
+    if facts.paused:
+        reason = reasons.ROLLOUT_PAUSED
+    else:
+        reason = reasons.ROLLOUT_IN_PROGRESS if facts.rolling else reasons.PODS_NOT_READY
+    return False, reason, detail + facts.progress + facts.note
+
+
+def _progressing(facts: _Facts) -> Condition:
+    if facts.complete:
+        return False, reasons.ROLLOUT_COMPLETE, f"{facts.what} is complete"
+    if facts.failure is not None:
+        reason = reasons.ROLLOUT_ABORTED if facts.aborted else reasons.ROLLOUT_STALLED
+        return False, reason, facts.failure.message
+    if facts.paused:
+        return True, reasons.ROLLOUT_PAUSED, f"{facts.what}: {facts.paused}"
+    what = "rolling out" if facts.rolling else "scaling up"
+    return True, reasons.ROLLOUT_IN_PROGRESS, f"{facts.what} is {what}{facts.progress}"
+
+
+def _degraded(facts: _Facts) -> Condition:
+    if facts.failure is not None:
+        return True, facts.failure.reason, facts.failure.message + facts.note
+    return False, reasons.NO_FAILURE, ""
+
+
+def _phase(ready: Condition, degraded: Condition, paused: str | None) -> str:
+    if degraded[0]:
+        return reasons.PHASE_DEGRADED
+    if ready[0]:
+        return reasons.PHASE_HEALTHY
+    return reasons.PHASE_PAUSED if paused else reasons.PHASE_PROGRESSING
+
+
+def _model(revision: Revision, stable: RevisionState | None) -> dict[str, Any]:
+    if stable is None:
+        return {"name": revision.model_name}
+    return {
+        "name": stable.model_name or revision.model_name,
+        "version": stable.version,
+        "revision": stable.revision,
+    }
 
 
 def compute_status(
     md: ModelDeployment,
     revision: Revision,
     plan: RolloutPlan,
-    seen: Observations,
+    seen: StatusInputs,
     *,
     now: str,
 ) -> dict[str, Any]:
-    target = seen.revisions.get(plan.target)
-    stable = seen.revisions.get(plan.stable) if plan.stable else None
-    desired = md.desired_replicas
-    if desired is None:  # autoscaled: the size the autoscaler chose, or its floor until it has
-        assert md.autoscaling is not None
-        floor = md.autoscaling.min_replicas
-        desired = max(target.spec_replicas, floor) if target is not None else floor
-    target_ready = target.ready_replicas if target is not None else 0
-    failure = _target_failure(revision, plan, seen, target)
-    note = _serving_note(plan, stable)
-    version = revision.version
-    rolling = plan.stable is not None and plan.stable != plan.target
-
-    outcome = seen.rollout
-    abort = outcome.abort if outcome is not None and rolling else None
-    paused = outcome.paused if outcome is not None and rolling else None
-    if abort is not None:
-        failure = Failure(
-            abort_reason(abort), f"version {version} (revision {plan.target}) was rolled back: {abort}"
-        )
-    progress = _progress_note(md, outcome) if rolling and abort is None else ""
-
-    if failure is not None and not plan.target_complete:
-        ready = (False, failure.reason, failure.message + note)
-    elif plan.target_complete:
-        reason = "ScaledToZero" if desired == 0 else "Available"
-        ready = (True, reason, f"version {version} serves with {target_ready}/{desired} replicas ready")
-    else:
-        detail = f"version {version}: {target_ready}/{desired} replicas ready"
-        if seen.unschedulable:
-            detail += f" (pods cannot be scheduled: {seen.unschedulable})"
-        reason = "RolloutPaused" if paused else "RolloutInProgress" if rolling else "PodsNotReady"
-        ready = (False, reason, detail + progress + note)
-
-    if plan.target_complete:
-        progressing = (False, "RolloutComplete", f"revision {plan.target} (version {version}) is complete")
-    elif abort is not None and failure is not None:
-        progressing = (False, "RolloutAborted", failure.message)
-    elif failure is not None:
-        progressing = (False, "RolloutStalled", failure.message)
-    elif paused:
-        progressing = (True, "RolloutPaused", f"revision {plan.target} (version {version}): {paused}")
-    else:
-        what = "rolling out" if rolling else "scaling up"
-        progressing = (
-            True,
-            "RolloutInProgress",
-            f"revision {plan.target} (version {version}) is {what}{progress}",
-        )
-
-    if failure is not None:
-        degraded = (True, failure.reason, failure.message + note)
-    else:
-        degraded = (False, "NoFailure", "")
-
+    facts = _facts(md, revision, plan, seen)
+    ready, progressing, degraded = _ready(facts, seen.unschedulable), _progressing(facts), _degraded(facts)
     previous = md.status.get("conditions") or []
     conditions = [
         make_condition(kind, *values, generation=md.generation, previous=previous, now=now)
-        for kind, values in ((READY, ready), (PROGRESSING, progressing), (DEGRADED, degraded))
+        for kind, values in (
+            (reasons.READY, ready),
+            (reasons.PROGRESSING, progressing),
+            (reasons.DEGRADED, degraded),
+        )
     ]
-    phase = (
-        PHASE_DEGRADED
-        if degraded[0]
-        else PHASE_HEALTHY
-        if ready[0]
-        else PHASE_PAUSED
-        if paused
-        else PHASE_PROGRESSING
-    )
     states = list(seen.revisions.values())
     ready_total = sum(s.ready_replicas for s in states)
-    model: dict[str, Any] = {"name": revision.model_name}
-    if stable is not None:
-        model = {
-            "name": stable.model_name or revision.model_name,
-            "version": stable.version,
-            "revision": stable.revision,
-        }
+    model = _model(revision, seen.revisions.get(plan.stable) if plan.stable else None)
     return {
         "observedGeneration": md.generation,
-        "phase": phase,
+        "phase": _phase(ready, degraded, facts.paused),
         "replicas": sum(s.replicas for s in states),
         "readyReplicas": ready_total,
-        "readyText": f"{ready_total}/{desired}",
+        "readyText": f"{ready_total}/{facts.desired}",
         "selector": ",".join(f"{k}={v}" for k, v in sorted(naming.selector_labels(md.name).items())),
         "url": naming.service_url(md.name, md.namespace, model["name"]),
         "model": model,
-        "revisions": _revisions(md, revision, plan, seen.revisions, desired),
+        "revisions": _revisions(revision, plan, seen.revisions, facts.desired),
         "conditions": conditions,
-        **({"rollout": rollout_status(md, outcome, seen.revisions)} if outcome is not None else {}),
+        **({"rollout": rollout_status(md, seen.rollout, seen.revisions)} if seen.rollout is not None else {}),
     }
 
 
-def abort_reason(text: str) -> str:
-    """The condition reason of an abort: what failed, as specific as its text allows."""
-    if text.startswith(canary.ANALYSIS_FAILED):
-        return "AnalysisFailed"
-    first = text.split(":", 1)[0]
-    if first.isalnum() and first[:1].isupper():  # a pod failure's own reason: ModelLoadFailed, ...
-        return first
-    return "RolloutAborted"
+def invalid_status(body: Mapping[str, Any], message: str, *, now: str) -> dict[str, Any]:
+    """The status of a ModelDeployment whose spec cannot be acted on."""
+    generation = int(bodies.meta(body).get("generation") or 0)
+    previous = bodies.status_of(body).get("conditions") or []
+    return {
+        "observedGeneration": generation,
+        "phase": reasons.PHASE_DEGRADED,
+        "conditions": [
+            make_condition(
+                kind, value, reasons.INVALID_SPEC, message, generation=generation, previous=previous, now=now
+            )
+            for kind, value in (
+                (reasons.READY, False),
+                (reasons.PROGRESSING, False),
+                (reasons.DEGRADED, True),
+            )
+        ],
+    }
 
 
-def _progress_note(md: ModelDeployment, outcome: canary.Outcome | None) -> str:
-    if outcome is None:
-        return ""
+def _progress_note(md: ModelDeployment, outcome: StepResult) -> str:
     steps = len(md.rollout.steps)
     step = min(outcome.state.step + 1, steps)
     where = f"step {step}/{steps}" if outcome.state.step < steps else "all steps done"
@@ -192,7 +217,7 @@ def _progress_note(md: ModelDeployment, outcome: canary.Outcome | None) -> str:
 
 
 def actual_weight(
-    md: ModelDeployment, outcome: canary.Outcome, revisions: Mapping[str, RevisionState]
+    md: ModelDeployment, outcome: StepResult, revisions: Mapping[str, RevisionState]
 ) -> tuple[int, str]:
     """The share the canary really gets, and how traffic is split, in words."""
     if outcome.canary is None:
@@ -213,9 +238,9 @@ def actual_weight(
 
 
 def rollout_status(
-    md: ModelDeployment, outcome: canary.Outcome, revisions: Mapping[str, RevisionState]
+    md: ModelDeployment, outcome: StepResult, revisions: Mapping[str, RevisionState]
 ) -> dict[str, Any]:
-    out = canary.state_to_status(outcome.state, md.rollout)
+    out = outcome.state.to_status(md.rollout)
     out["weight"] = outcome.weight
     real, out["traffic"] = actual_weight(md, outcome, revisions)
     if outcome.canary is not None:  # `kubectl get md -o wide` shows no weight without a canary
@@ -223,7 +248,7 @@ def rollout_status(
     out["paused"] = outcome.paused is not None
     if outcome.paused:
         out["pauseReason"] = outcome.paused
-    message = (outcome.abort and f"aborted: {outcome.abort}") or outcome.paused or ""
+    message = (outcome.abort and f"aborted: {outcome.abort.message}") or outcome.paused or ""
     if outcome.action_note:
         message = f"{message}; {outcome.action_note}" if message else outcome.action_note
     if message:
@@ -232,7 +257,6 @@ def rollout_status(
 
 
 def _revisions(
-    md: ModelDeployment,
     revision: Revision,
     plan: RolloutPlan,
     revisions: Mapping[str, RevisionState],
@@ -291,13 +315,6 @@ def make_condition(
         "lastTransitionTime": since,
         "observedGeneration": generation,
     }
-
-
-def condition_of(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
-    for condition in status.get("conditions") or ():
-        if condition.get("type") == kind:
-            return condition
-    return None
 
 
 def merge_patch(

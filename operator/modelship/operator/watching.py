@@ -12,17 +12,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from modelship.operator import bodies, kinds
 from modelship.operator import client as kube
 from modelship.operator.cache import ObjectCache
 
 logger = logging.getLogger(__name__)
-
-CHILDREN = (
-    ("Deployment", kube.DEPLOYMENTS),
-    ("Service", kube.SERVICES),
-    ("HorizontalPodAutoscaler", kube.AUTOSCALERS),
-    ("Pod", kube.PODS),
-)
 
 
 def namespace_matches(name: str, pattern: str) -> bool:
@@ -79,15 +73,11 @@ class Served:
 async def prefill(client: kube.KubeClient, cache: ObjectCache, served: Served, label_selector: str) -> int:
     """LIST every child kind the operator watches into the cache; returns how many objects."""
     total = 0
-    for kind, resource in CHILDREN:
+    for child in kinds.CHILDREN:
         for namespace in served.namespaces or (None,):
-            async for page in client.pages(resource, namespace, label_selector=label_selector):
-                items = [
-                    item
-                    for item in page
-                    if served.includes((item.get("metadata") or {}).get("namespace", ""))
-                ]
+            async for page in client.pages(child.resource, namespace, label_selector=label_selector):
+                items = [item for item in page if served.includes(bodies.namespace_of(item))]
                 for item in items:
-                    item.setdefault("kind", kind)
-                total += cache.prefill(kind, items)
+                    item.setdefault("kind", child.kind)
+                total += cache.prefill(child.kind, items)
     return total

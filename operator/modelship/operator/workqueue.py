@@ -7,6 +7,12 @@ few reconciles as the changes need, and serialises them per key so that two reco
 same object never race (the same idea as controller-runtime's workqueue). Urgent requests
 (a spec the operator has not acted on yet) get the next free slot before routine ones (a
 pod became ready), so that a burst of new ModelDeployments gets its children first.
+
+A reconcile returns a `Result` (`requeue_after`: look again later, as controller-runtime's
+`reconcile.Result{RequeueAfter}`); raising retries it with backoff, or after the server's
+`retry_after` if the error carries one (the client's `Transient`), whichever is later; raising
+`TerminalError` logs it and does not retry (controller-runtime's `reconcile.TerminalError`):
+only a new event of the object runs it again.
 """
 
 from __future__ import annotations
@@ -15,14 +21,29 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 
-# The reconcile function returns None when done, or seconds after which to run again.
-Reconcile = Callable[[K], Awaitable[float | None]]
+
+@dataclass(frozen=True)
+class Result:
+    """What a reconcile asks of the queue when it succeeds."""
+
+    requeue_after: float | None = None  # seconds: run again then, even without an event
+
+
+DONE = Result()
+
+
+class TerminalError(Exception):
+    """A reconcile failed in a way a retry cannot fix: logged and counted, not retried."""
+
+
+Reconcile = Callable[[K], Awaitable[Result]]
 
 
 class WorkQueue(Generic[K]):
@@ -121,13 +142,18 @@ class WorkQueue(Generic[K]):
                     self._urgent.discard(key)
                     self.reconciles += 1
                     try:
-                        again = await self._reconcile(key)
+                        again = (await self._reconcile(key)).requeue_after
                     except asyncio.CancelledError:
                         raise
-                    except Exception:
+                    except TerminalError as exc:
+                        self.errors += 1
+                        self._failures.pop(key, None)
+                        again = None
+                        logger.error("reconciling %s failed for good; not retried: %s", key, exc)
+                    except Exception as exc:
                         self.errors += 1
                         failures = self._failures[key] = self._failures.get(key, 0) + 1
-                        again = self.backoff(failures)
+                        again = max(self.backoff(failures), min(self._max_delay, _retry_after(exc)))
                         logger.exception(
                             "reconciling %s failed (attempt %d); retrying in %.1fs", key, failures, again
                         )
@@ -152,10 +178,6 @@ class WorkQueue(Generic[K]):
     def pending(self) -> int:
         return len(self._running) + len(self._timers)
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     async def wait_idle(self) -> None:
         """Until no reconcile runs (timers may still be pending)."""
         await self._idle.wait()
@@ -168,3 +190,9 @@ class WorkQueue(Generic[K]):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _retry_after(exc: BaseException) -> float:
+    """The wait the failure itself asks for (an API server's Retry-After), else 0."""
+    value = getattr(exc, "retry_after", None)
+    return float(value) if isinstance(value, int | float) and value > 0 else 0.0

@@ -1,15 +1,15 @@
 """Which revision serves, which is the target, and which are retired: one reconcile's summary.
 
-The decisions themselves are made by the canary step function (`canary.advance`); this is the
-small view of its outcome that manifests, deletions and status read.
+The decisions themselves are made by the step function (`rollout.steps.advance`); this is the
+small view of its result that the manifests, the deletions and the status read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelship.operator import canary
-from modelship.operator.observed import RevisionState
+from modelship.operator.children import RevisionState
+from modelship.operator.rollout.steps import StepResult
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class RolloutPlan:
 
 def plan_of(
     target: str,
-    outcome: canary.Outcome,
+    outcome: StepResult,
     target_state: RevisionState | None,
     *,
     target_up_to_date: bool = True,

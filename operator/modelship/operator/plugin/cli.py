@@ -9,7 +9,7 @@
 An action is one annotation, `modelship.io/action: <verb>@<nonce>`, set with a merge patch: the
 operator acts on it and removes it, so the plugin needs no more rights than patching the
 object. The decisions (is this action sensible now? what is the patch?) are pure functions
-here, and the text of `status` lives in `rollout_text`; `main` only does the I/O.
+here, and the text of `status` lives in `plugin.text`; `main` only does the I/O.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelship.operator import canary, naming
-from modelship.operator.rollout_text import format_rollout
+from modelship.operator import bodies, naming
+from modelship.operator.plugin.text import format_rollout
+from modelship.operator.rollout import state
 
-PROMOTE, PROMOTE_FULL = canary.VERB_PROMOTE, canary.VERB_PROMOTE_FULL
-ABORT, RETRY = canary.VERB_ABORT, canary.VERB_RETRY
+PROMOTE, PROMOTE_FULL = state.VERB_PROMOTE, state.VERB_PROMOTE_FULL
+ABORT, RETRY = state.VERB_ABORT, state.VERB_RETRY
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # argparse exits 2 on usage errors
@@ -40,12 +41,8 @@ class CliError(Exception):
 # --- the pure decisions -------------------------------------------------------------------
 
 
-def _metadata(md: Mapping[str, Any]) -> Mapping[str, Any]:
-    return md.get("metadata") or {}
-
-
 def _rollout(md: Mapping[str, Any]) -> Mapping[str, Any]:
-    return (md.get("status") or {}).get("rollout") or {}
+    return bodies.status_of(md).get("rollout") or {}
 
 
 def nonce(now: datetime) -> str:
@@ -67,7 +64,7 @@ def refusal(verb: str, md: Mapping[str, Any]) -> str | None:
 
     Judged from status, which may lag a moment behind the operator: `--force` skips this.
     """
-    metadata, rollout = _metadata(md), _rollout(md)
+    metadata, rollout = bodies.meta(md), _rollout(md)
     name = metadata.get("name", "?")
     if verb in (PROMOTE, PROMOTE_FULL, ABORT) and not rollout.get("canaryRevision"):
         return f"no canary rollout of {name} is in progress (status.rollout has no canaryRevision)"
@@ -106,8 +103,8 @@ def list_row(md: Mapping[str, Any]) -> list[str]:
     step, steps, weight = rollout.get("step"), rollout.get("steps"), rollout.get("actualWeight")
     in_progress = bool(rollout.get("canaryRevision"))
     return [
-        str(_metadata(md).get("namespace") or "-"),
-        str(_metadata(md).get("name") or "-"),
+        str(bodies.meta(md).get("namespace") or "-"),
+        str(bodies.meta(md).get("name") or "-"),
         str(status.get("phase") or "-"),
         str(rollout.get("stableVersion") or (status.get("model") or {}).get("version") or "-"),
         str(rollout.get("canaryVersion") or "?") if in_progress else "-",

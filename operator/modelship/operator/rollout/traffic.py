@@ -14,7 +14,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from modelship.operator import manifests, naming
+from modelship.operator import bodies, manifests, naming
 from modelship.operator.manifests import Manifest
 from modelship.operator.spec import ModelDeployment
 
@@ -93,24 +93,8 @@ def route_rules(
     return rules if changed else None
 
 
-def route_weights(route: Mapping[str, Any]) -> dict[str, int]:
-    """The weight of each Service the route sends traffic to, by name.
-
-    A Service named in several rules keeps the weight of the first: the operator gives all of
-    its rules the same weights, so a difference means someone else edited the route.
-    """
-    namespace = _namespace(route)
-    weights: dict[str, int] = {}
-    for rule in _rules(route):
-        for ref in rule.get("backendRefs") or []:
-            name = _service_name(ref, namespace)
-            if name is not None:
-                weights.setdefault(name, int(_with_defaults(ref, namespace)["weight"]))
-    return weights
-
-
 def _namespace(route: Mapping[str, Any]) -> str | None:
-    return (route.get("metadata") or {}).get("namespace")
+    return bodies.namespace_of(route) or None
 
 
 def _rules(route: Mapping[str, Any]) -> Sequence[Manifest]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from modelship.operator import naming
+from modelship.operator import naming, reasons, spec
+from modelship.operator.bodies import parse_time
 
 # The operator's main conditions first, in this order; any others after them.
-CONDITION_ORDER = ("Ready", "Progressing", "Degraded")
+CONDITION_ORDER = reasons.CONDITION_TYPES
 
 DONE, CURRENT, PENDING = "[x]", "[>]", "[ ]"
 
@@ -36,17 +37,6 @@ def _text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 time as the API writes it ("...Z", optionally with fractions), or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def age(since: datetime, now: datetime) -> str:
@@ -72,18 +62,13 @@ def _when(value: Any, now: datetime) -> str:
 
 
 def describe_step(step: Any) -> str:
-    """One canary step of the spec, as a user would say it."""
-    step = _obj(step)
-    if "setWeight" in step:
-        return f"setWeight: {_text(step['setWeight'])}%"
-    if "pause" in step:
-        duration = _obj(step["pause"]).get("duration")
-        if duration is None or duration == "":
-            return "pause: until promoted"
-        return f"pause: {duration}s" if isinstance(duration, int) else f"pause: {duration}"
-    if "analysis" in step:
-        return "analysis"
-    return json.dumps(step, sort_keys=True) if step else "(empty step)"
+    """One canary step of the spec, in the operator's own words (`spec.Step.describe`)."""
+    if not step:
+        return "(empty step)"
+    try:
+        return spec.parse_step(step).describe()
+    except (spec.SpecError, TypeError, ValueError):  # a step this operator version does not know
+        return json.dumps(step, sort_keys=True, default=str)
 
 
 def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
@@ -197,6 +182,16 @@ def _field(label: str, value: str) -> str:
     return f"{label + ':':<{LABEL_WIDTH}}{value}"
 
 
+def _abort_text(rollout: Mapping[str, Any]) -> str:
+    abort = _obj(rollout.get("abort"))
+    why = (
+        f"{_text(abort.get('reason'))}: {_text(abort.get('message'))}"
+        if abort
+        else _text(rollout.get("abortReason"))
+    )
+    return f"revision {_text(rollout.get('abortedRevision'))}: {why}"
+
+
 def format_rollout(md: Mapping[str, Any], *, now: datetime) -> str:
     """The status block of one ModelDeployment, in the spirit of `kubectl argo rollouts get`."""
     metadata, spec, status = _obj(md.get("metadata")), _obj(md.get("spec")), _obj(md.get("status"))
@@ -247,9 +242,8 @@ def format_rollout(md: Mapping[str, Any], *, now: datetime) -> str:
 
     lines += _analysis_lines(_obj(rollout.get("analysis")), now)
 
-    if rollout.get("abortedRevision") or rollout.get("abortReason"):
-        aborted = f"revision {_text(rollout.get('abortedRevision'))}: {_text(rollout.get('abortReason'))}"
-        lines.append(_field("Aborted", aborted))
+    if rollout.get("abortedRevision") or rollout.get("abort") or rollout.get("abortReason"):
+        lines.append(_field("Aborted", _abort_text(rollout)))
 
     if rollout.get("retiring"):
         retiring = f"revision {rollout['retiring']}, kept a while after the promotion"

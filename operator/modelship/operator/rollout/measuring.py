@@ -2,13 +2,14 @@
 
 `analysis` judges; this module only binds it to the operator's own settings (the default
 Prometheus URL) and one HTTP session, and turns its Measurement into what the step function
-reads (`canary.Verdict`).
+reads (`steps.Verdict`).
 """
 
 from __future__ import annotations
 
 import aiohttp
-from modelship.operator import analysis, canary, decisions
+from modelship.operator.rollout import analysis
+from modelship.operator.rollout.steps import Verdict
 from modelship.operator.spec import ModelDeployment
 
 
@@ -17,24 +18,19 @@ def settings_of(md: ModelDeployment) -> analysis.AnalysisSettings:
     return analysis.parse_settings(md.rollout.analysis)
 
 
-def step_settings(md: ModelDeployment) -> decisions.AnalysisSettings:
-    parsed = settings_of(md)
-    return decisions.AnalysisSettings(interval=parsed.interval, failure_limit=parsed.failure_limit)
-
-
 class Measurer:
     def __init__(self, default_url: str | None) -> None:
         self._default_url = default_url
         self._session: aiohttp.ClientSession | None = None
 
-    async def __call__(self, md: ModelDeployment, revision: str) -> canary.Verdict:
+    async def __call__(self, md: ModelDeployment, revision: str) -> Verdict:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         settings = settings_of(md)
         url = settings.prometheus_url or self._default_url
         measured = await analysis.measure(self._session, url, settings, md.namespace, md.name, revision)
-        return canary.Verdict(
-            verdict=str(measured.verdict),
+        return Verdict(
+            verdict=measured.verdict,
             summary=measured.summary,
             results=tuple(measured.status_results()),
         )
