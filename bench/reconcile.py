@@ -37,7 +37,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
-from modelship.operator import auth, manifests, spec
+from modelship.operator import auth, kinds, manifests, spec
 from modelship.operator import client as kube
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,7 +206,7 @@ def baseline(kubeconfig: str, core: client.CoreV1Api, count: int, concurrency: i
             await asyncio.gather(*(pair(index) for index in range(count)))
         finally:
             await api.delete(
-                kube.ResourceKind("", "v1", "namespaces", "Namespace", namespaced=False), "", namespace
+                kinds.ResourceKind("", "v1", "namespaces", "Namespace", namespaced=False), "", namespace
             )
             await api.close()
         return done

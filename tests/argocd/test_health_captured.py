@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from modelship.operator import naming
+from modelship.operator import naming, reasons
 
 from tests.argocd.lua_health import argo_health
 from tests.helm.scoped_operator import ScopedOperator, scoped_operator
@@ -48,7 +48,7 @@ def test_a_new_object_is_progressing_then_healthy_once_ready(models: Models) -> 
     ready = models.wait_ready("fresh", timeout=60)
     health = argo_health(ready)
     assert health["status"] == "Healthy", health
-    ready_condition = next(c for c in ready["status"]["conditions"] if c["type"] == "Ready")
+    ready_condition = next(c for c in ready["status"]["conditions"] if c["type"] == reasons.READY)
     assert health["message"] == ready_condition["message"]
 
 
@@ -66,7 +66,7 @@ def test_a_spec_change_the_operator_has_not_observed_yet_is_progressing(models: 
     assert str(patched["metadata"]["generation"]) in health["message"]
 
     # Ready conditions are kept from before, yet the check does not call it Healthy early:
-    assert any(c["type"] == "Ready" and c["status"] == "True" for c in patched["status"]["conditions"])
+    assert any(c["type"] == reasons.READY and c["status"] == "True" for c in patched["status"]["conditions"])
     assert argo_health(models.wait_ready("changed", timeout=60))["status"] == "Healthy"
 
 
@@ -93,10 +93,12 @@ def test_a_version_that_fails_to_load_is_degraded_with_the_operators_message(mod
         models.core.patch_namespaced_pod_status(
             pod.metadata.name, models.namespace, failed_model_fetch_status(LOAD_FAILURE)
         )
-        body = models.wait_condition("iris", "Degraded", "True", reason="ModelLoadFailed", timeout=60)
+        body = models.wait_condition(
+            "iris", reasons.DEGRADED, "True", reason=reasons.MODEL_LOAD_FAILED, timeout=60
+        )
         health = argo_health(body)
         assert health["status"] == "Degraded", health
-        degraded = next(c for c in body["status"]["conditions"] if c["type"] == "Degraded")
+        degraded = next(c for c in body["status"]["conditions"] if c["type"] == reasons.DEGRADED)
         assert health["message"] == degraded["message"]
         assert LOAD_FAILURE in health["message"]
     finally:

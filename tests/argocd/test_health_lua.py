@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from modelship.operator import reasons
 
 from tests.argocd.lua_health import argo_health
 
@@ -22,13 +23,13 @@ def _cond(kind: str, value: str, reason: str = "R", message: str = "") -> dict[s
     return {"type": kind, "status": value, "reason": reason, "message": message}
 
 
-READY = _cond("Ready", "True", "Available", "2/2 replicas of iris version 3 ready")
-NOT_DEGRADED = _cond("Degraded", "False", "AsExpected")
+READY = _cond(reasons.READY, "True", reasons.AVAILABLE, "version 3 serves with 2/2 replicas ready")
+NOT_DEGRADED = _cond(reasons.DEGRADED, "False", reasons.NO_FAILURE)
 
 
 def test_ready_and_observed_is_healthy() -> None:
     health = argo_health(_md(observedGeneration=2, conditions=[READY, NOT_DEGRADED]))
-    assert health == {"status": "Healthy", "message": "2/2 replicas of iris version 3 ready"}
+    assert health == {"status": "Healthy", "message": "version 3 serves with 2/2 replicas ready"}
 
 
 def test_ready_but_not_yet_observed_is_progressing() -> None:
@@ -52,7 +53,10 @@ def test_object_without_status_is_progressing() -> None:
 def test_degraded_carries_the_operators_message() -> None:
     message = "model load failed: sha256 mismatch: expected 9f86d081..., got 2c26b46b..."
     health = argo_health(
-        _md(observedGeneration=2, conditions=[READY, _cond("Degraded", "True", "ModelLoadFailed", message)])
+        _md(
+            observedGeneration=2,
+            conditions=[READY, _cond(reasons.DEGRADED, "True", reasons.MODEL_LOAD_FAILED, message)],
+        )
     )
     assert health == {"status": "Degraded", "message": message}
 
@@ -61,7 +65,7 @@ def test_paused_rollout_is_suspended() -> None:
     health = argo_health(
         _md(
             observedGeneration=2,
-            phase="Paused",
+            phase=reasons.PHASE_PAUSED,
             message="Canary at 10%: waiting for a manual promote",
             conditions=[READY, NOT_DEGRADED],
         )
@@ -74,10 +78,15 @@ def test_not_ready_is_progressing_with_the_progressing_message() -> None:
         _md(
             observedGeneration=2,
             conditions=[
-                _cond("Ready", "False", "Unavailable", "0/2 replicas ready"),
-                _cond("Progressing", "True", "NewRevision", "Waiting for revision 5d8f9 to become ready"),
+                _cond(reasons.READY, "False", reasons.ROLLOUT_IN_PROGRESS, "version 3: 0/2 replicas ready"),
+                _cond(
+                    reasons.PROGRESSING,
+                    "True",
+                    reasons.ROLLOUT_IN_PROGRESS,
+                    "version 3 (revision 5d8f9) is rolling out",
+                ),
                 NOT_DEGRADED,
             ],
         )
     )
-    assert health == {"status": "Progressing", "message": "Waiting for revision 5d8f9 to become ready"}
+    assert health == {"status": "Progressing", "message": "version 3 (revision 5d8f9) is rolling out"}

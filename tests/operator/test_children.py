@@ -155,3 +155,14 @@ def test_a_revisions_failure_names_its_version_and_revision_once() -> None:
         "version 2 (revision abc), pod iris-pod: container fetch-model: sha256 mismatch",
     )
     assert children.revision_failure("other", "1", {}, [failing]) is None
+
+
+def test_children_hold_one_field_per_row_of_the_kinds_table() -> None:
+    import dataclasses
+
+    from modelship.operator import kinds
+
+    assert [f.name for f in dataclasses.fields(children.Children)] == [c.attribute for c in kinds.CHILDREN]
+    bodies = {kind: [{"metadata": {"name": kind.lower()}}] for kind in kinds.CHILD_KINDS}
+    got = children.Children.from_kinds(bodies)
+    assert all(got.of(kind) == bodies[kind] for kind in kinds.CHILD_KINDS)

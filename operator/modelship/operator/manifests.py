@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from modelship.operator import naming, quantities
+from modelship.operator import bodies, naming, quantities
 from modelship.operator.spec import ModelDeployment
 
 Manifest = dict[str, Any]
@@ -259,7 +259,7 @@ def resized_deployment(live: Manifest, replicas: int) -> Manifest:
     """An earlier revision's Deployment at a new size, rebuilt from the live object: the spec
     that made its pod template is gone (the ModelDeployment now asks for another revision),
     and applying a partial manifest under our field manager would delete the rest."""
-    meta = live.get("metadata") or {}
+    meta = bodies.meta(live)
     spec = _without_nulls(copy.deepcopy(live.get("spec") or {}))
     spec["replicas"] = replicas
     return _stamp(

@@ -53,14 +53,6 @@ def parse_quantity(value: str | int | float) -> Decimal:
     return base * _SUFFIXES[suffix or ""]
 
 
-def is_quantity(value: object) -> bool:
-    try:
-        parse_quantity(value)  # type: ignore[arg-type]
-    except (ValueError, TypeError):
-        return False
-    return True
-
-
 def cpu_threads(resources: dict[str, dict[str, object]] | object) -> int | None:
     """Whole CPUs the container may use (its limit, else its request), at least 1.
 

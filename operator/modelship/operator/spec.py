@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelship.operator import naming
+from modelship.operator import bodies, naming
 from modelship.operator.durations import format_duration, parse_duration
 
 
@@ -199,7 +199,7 @@ class ModelDeployment:
 
 def parse(body: Mapping[str, Any]) -> ModelDeployment:
     """Read a ModelDeployment body (as stored by the API server) into typed values."""
-    meta = body.get("metadata") or {}
+    meta = bodies.meta(body)
     spec = body.get("spec") or {}
     name = meta.get("name") or ""
     model = spec.get("model") or {}
