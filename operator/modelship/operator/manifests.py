@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,12 +237,7 @@ def revision_deployment(md: ModelDeployment, revision: Revision, replicas: int |
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {
-                "name": revision.deployment_name,
-                "namespace": md.namespace,
-                "labels": labels,
-                "ownerReferences": [md.owner_reference()],
-            },
+            "metadata": owned_metadata(md, revision.deployment_name, labels),
             "spec": spec,
         }
     )
@@ -277,18 +273,23 @@ def resized_deployment(live: Manifest, replicas: int) -> Manifest:
     )
 
 
+def owned_metadata(md: ModelDeployment, name: str, labels: Mapping[str, str] | None = None) -> Manifest:
+    """A child's metadata: in the ModelDeployment's namespace, labelled, owned by it."""
+    return {
+        "name": name,
+        "namespace": md.namespace,
+        "labels": dict(labels) if labels is not None else naming.common_labels(md.name),
+        "ownerReferences": [md.owner_reference()],
+    }
+
+
 def service(md: ModelDeployment) -> Manifest:
     """One Service per ModelDeployment, in front of every serving revision."""
     return _stamp(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {
-                "name": md.name,
-                "namespace": md.namespace,
-                "labels": naming.common_labels(md.name),
-                "ownerReferences": [md.owner_reference()],
-            },
+            "metadata": owned_metadata(md, md.name),
             "spec": {
                 "type": "ClusterIP",
                 "selector": naming.selector_labels(md.name),
@@ -309,12 +310,7 @@ def autoscaler(md: ModelDeployment, target_deployment: str) -> Manifest | None:
         {
             "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
-            "metadata": {
-                "name": md.name,
-                "namespace": md.namespace,
-                "labels": naming.common_labels(md.name),
-                "ownerReferences": [md.owner_reference()],
-            },
+            "metadata": owned_metadata(md, md.name),
             "spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target_deployment},
                 "minReplicas": scaling.min_replicas,

@@ -231,13 +231,19 @@ class Reconciler:
         tally.writes += 1
         tally.actions.append("action handled")
 
+    def _awaiting_own_write(self, ref: tuple[Key, str, str], children: Children, tally: Tally) -> bool:
+        """The cache has not yet shown our last write of this child: writing again would repeat it."""
+        live = bodies.by_name(children.of(ref[1]), ref[2])
+        if self._expectations.pending(ref, bodies.resource_version(live)):
+            tally.skipped += 1
+            return True
+        return False
+
     async def _apply(
         self, md: spec.ModelDeployment, action: Apply, children: Children, errors: list[str], tally: Tally
     ) -> None:
         ref = (md.key, action.kind, action.name)
-        live = bodies.by_name(children.of(action.kind), action.name)
-        if self._expectations.pending(ref, bodies.resource_version(live)):
-            tally.skipped += 1
+        if self._awaiting_own_write(ref, children, tally):
             return
         try:
             result = await self._writer.apply(action.manifest)
@@ -266,9 +272,7 @@ class Reconciler:
         tally: Tally,
     ) -> None:
         ref = (md.key, deletion.kind, deletion.name)
-        live = bodies.by_name(children.of(deletion.kind), deletion.name)
-        if self._expectations.pending(ref, bodies.resource_version(live)):
-            tally.skipped += 1
+        if self._awaiting_own_write(ref, children, tally):
             return
         kind = kinds.BY_KIND[deletion.kind]
         try:

@@ -192,13 +192,9 @@ def render(template: str, *, namespace: str, name: str, revision: str, window: s
 
 
 @dataclass(frozen=True)
-class Check:
-    """One rendered query and the range its value must fall into."""
+class Check(Query):
+    """One query with its placeholders filled in, and the unit its numbers are shown in."""
 
-    name: str
-    query: str
-    min: float | None = None
-    max: float | None = None
     unit: str = ""  # shown after numbers: "s" for latencies
 
     @property
