@@ -130,8 +130,12 @@ def _answer_through_service(app: EchoApp, path: str = "/hello") -> tuple[int, An
 
 
 def test_deployment_of_a_local_image_becomes_available_on_the_real_node(echo: EchoApp) -> None:
-    status = echo.apps.read_namespaced_deployment_status("echo", echo.namespace).status
-    assert any(c.type == "Available" and c.status == "True" for c in status.conditions or [])
+    # The Deployment controller sets Available after it has seen the pod Ready, a moment after.
+    def available() -> bool:
+        status = echo.apps.read_namespaced_deployment_status("echo", echo.namespace).status
+        return any(c.type == "Available" and c.status == "True" for c in status.conditions or [])
+
+    wait_until(available, timeout=30, what="the echo Deployment to be Available")
     (pod,) = echo.ready_pods()
     assert pod.spec.node_name == echo.node
     assert pod.status.pod_ip, "a real pod has an address from the node's bridge"

@@ -295,7 +295,7 @@ def test_recreate_deletes_the_old_revision_before_the_new_one_serves(models: Mod
     retired = [
         e for e in models.core.list_namespaced_event(models.namespace).items if e.reason == "RevisionRetired"
     ]
-    assert retired and "replaced by revision" in retired[0].message
+    assert retired and "replaced by version 2 (revision" in retired[0].message
 
 
 def test_canary_settings_with_recreate_are_refused_when_applied(models: Models) -> None:

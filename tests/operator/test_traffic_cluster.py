@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from modelship.operator import auth, spec
+from modelship.operator import auth, kinds, spec
 from modelship.operator import client as kube
 from modelship.operator.rollout import traffic
 
@@ -39,13 +39,13 @@ async def api(kubeconfig: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
 
 def create_route(k8s_api: client.ApiClient, namespace: str, *rules: dict[str, Any]) -> None:
     body = {
-        "apiVersion": kube.HTTPROUTES.api_version,
-        "kind": kube.HTTPROUTES.kind,
+        "apiVersion": kinds.HTTPROUTES.api_version,
+        "kind": kinds.HTTPROUTES.kind,
         "metadata": {"name": "models"},
         "spec": {"rules": list(rules)},
     }
     client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
-        kube.HTTPROUTES.group, kube.HTTPROUTES.version, namespace, kube.HTTPROUTES.plural, body
+        kinds.HTTPROUTES.group, kinds.HTTPROUTES.version, namespace, kinds.HTTPROUTES.plural, body
     )
 
 
@@ -55,7 +55,7 @@ def with_rules(route: dict[str, Any], rules: list[Any] | None) -> dict[str, Any]
 
 
 async def read_route(api: kube.KubeClient, namespace: str) -> dict[str, Any]:
-    route = await api.get(kube.HTTPROUTES, namespace, "models")
+    route = await api.get(kinds.HTTPROUTES, namespace, "models")
     assert route is not None
     return route
 
@@ -89,18 +89,18 @@ async def test_a_route_changed_since_it_was_read_is_a_transient_conflict_and_not
     create_route(k8s_api, namespace, MODELS_RULE)
     route = await read_route(api, namespace)
     client.CustomObjectsApi(k8s_api).patch_namespaced_custom_object(
-        kube.HTTPROUTES.group,
-        kube.HTTPROUTES.version,
+        kinds.HTTPROUTES.group,
+        kinds.HTTPROUTES.version,
         namespace,
-        kube.HTTPROUTES.plural,
+        kinds.HTTPROUTES.plural,
         "models",
         {"metadata": {"labels": {"edited-by": "someone-else"}}},
     )
 
-    with pytest.raises(kube.ApiError) as conflict:
+    with pytest.raises(kube.Conflict) as conflict:
         await api.replace(with_rules(route, traffic.route_rules(route, "iris", set(), STABLE, CANARY, 10)))
     assert conflict.value.status == 409
-    assert conflict.value.transient
+    assert conflict.value.status == 409
     assert api.writes["replace"] == 1, "a stale body is not sent again"
     route = await read_route(api, namespace)
     assert route["metadata"]["labels"] == {"edited-by": "someone-else"}

@@ -91,7 +91,7 @@ def trim_object(body: Body) -> dict[str, Any]:
 
 
 def trim_pod(body: Body) -> dict[str, Any]:
-    status = body.get("status") or {}
+    status = bodies.status_of(body)
 
     def containers(key: str) -> list[dict[str, Any]]:
         return [

@@ -248,7 +248,7 @@ def parse(body: Mapping[str, Any]) -> ModelDeployment:
             pod_labels=pod_meta.get("labels") or {},
             pod_annotations=pod_meta.get("annotations") or {},
         ),
-        status=body.get("status") or {},
+        status=bodies.status_of(body),
         rollout=_rollout(spec.get("rollout") or {}),
         annotations=meta.get("annotations") or {},
     )

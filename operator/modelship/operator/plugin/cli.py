@@ -99,7 +99,7 @@ def context_namespace(
 
 def list_row(md: Mapping[str, Any]) -> list[str]:
     """NAMESPACE, NAME, PHASE, STABLE, CANARY, STEP, WEIGHT of one ModelDeployment."""
-    status, rollout = md.get("status") or {}, _rollout(md)
+    status, rollout = bodies.status_of(md), _rollout(md)
     step, steps, weight = rollout.get("step"), rollout.get("steps"), rollout.get("actualWeight")
     in_progress = bool(rollout.get("canaryRevision"))
     return [
