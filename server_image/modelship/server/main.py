@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import uvicorn
 from modelship.server.app import create_app
-from modelship.server.config import DEFAULT_TERMINATION_LOG, ConfigError, Settings, load_settings
+from modelship.server.config import ConfigError, Settings, load_settings
 from modelship.server.errors import ModelLoadError
 from modelship.server.fetch import ModelFile, fetch_model
 from modelship.server.runtime import ModelRuntime
@@ -269,9 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(argv)
     except ConfigError as exc:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-        report_failure(
-            os.environ.get("MODELSHIP_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG, f"bad settings: {exc}"
-        )
+        report_failure(exc.termination_log, f"bad settings: {exc}")
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
