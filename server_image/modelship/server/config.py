@@ -106,6 +106,11 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
 )
 
 
+ENV_PREFIX = "MODELSHIP_"
+# What the operator's pod template sets (tests/contract holds it to this): variable -> Settings field.
+ENVIRONMENT: Mapping[str, str] = {ENV_PREFIX + suffix: name for name, suffix, _kind, _text in _OPTIONS}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m modelship.server",
@@ -121,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     for name, env, _kind, text in _OPTIONS:
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{text} [MODELSHIP_{env}]"
+            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{text} [{ENV_PREFIX}{env}]"
         )
     return parser
 
@@ -144,7 +149,7 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     for name, suffix, _kind, _text in _OPTIONS:
         value = getattr(args, name)
         if value is None:
-            value = env.get("MODELSHIP_" + suffix)
+            value = env.get(ENV_PREFIX + suffix)
         if value is not None and value != "":
             raw[name] = value
     try:
