@@ -6,11 +6,13 @@ import concurrent.futures
 import contextlib
 import hashlib
 import http.client
+import os
 import re
 import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -81,6 +83,77 @@ def test_bad_settings_stop_the_start(start_server: StartServer, tmp_path: Path) 
     assert (
         tmp_path / "termination-log"
     ).read_text() == "bad settings: threads must be an integer, got 'many'\n"
+
+
+class _EveryWrite:
+    """A FIFO in place of the termination log: it keeps every write, where a file opened with "w" keeps
+    only the last, so a failure reported twice shows as two lines."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        # Open for reading first (without blocking): the server's open() for writing then succeeds at
+        # once, and what it writes waits in the pipe until read.
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+
+    def lines(self) -> list[str]:
+        """What was written, once every writer is gone (read() returns b"" then, not EAGAIN)."""
+        chunks = []
+        while chunk := os.read(self._fd, 1 << 16):
+            chunks.append(chunk)
+        os.close(self._fd)
+        return b"".join(chunks).decode().splitlines()
+
+
+def _token_file_missing(tmp_path: Path, model_dir: Path) -> tuple[dict[str, str], list[str], str]:
+    token = tmp_path / "no-such-token"
+    env = _env(str(model_dir / "mlp.onnx"), tmp_path, MODELSHIP_AUTH_TOKEN_FILE=str(token))
+    return env, [], f"start failed: cannot read the auth token file {token}: No such file or directory"
+
+
+def _broken_model(tmp_path: Path, model_dir: Path) -> tuple[dict[str, str], list[str], str]:
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"\x08\x07" + b"not an onnx graph" * 8)
+    return _env(str(path), tmp_path), [], f"model load failed: {path} is not a loadable ONNX model: "
+
+
+def _fetch_of_a_missing_file(tmp_path: Path, model_dir: Path) -> tuple[dict[str, str], list[str], str]:
+    path = tmp_path / "missing.onnx"
+    return _env(str(path), tmp_path), ["fetch"], f"model fetch failed: {path} does not exist"
+
+
+def _bad_settings(tmp_path: Path, model_dir: Path) -> tuple[dict[str, str], list[str], str]:
+    env = _env(str(model_dir / "mlp.onnx"), tmp_path, MODELSHIP_MAX_BATCH_SIZE="0")
+    return env, [], "bad settings: max_batch_size must be at least 1, got 0"
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [(_token_file_missing, 1), (_broken_model, 1), (_fetch_of_a_missing_file, 1), (_bad_settings, 2)],
+    ids=lambda value: getattr(value, "__name__", str(value)).strip("_"),
+)
+def test_a_failed_start_writes_the_termination_log_once_with_its_own_reason(
+    start_server: StartServer,
+    model_dir: Path,
+    tmp_path: Path,
+    failure: Callable[[Path, Path], tuple[dict[str, str], list[str], str]],
+    code: int,
+) -> None:
+    env, args, reason = failure(tmp_path, model_dir)
+    log = _EveryWrite(tmp_path / "termination-log")
+    server = start_server(env, *args, wait=False)
+    assert server.wait_exit(timeout=60) == code, server.log()
+    lines = log.lines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(reason), lines
+
+
+def test_bad_settings_are_reported_where_the_flag_says(start_server: StartServer, tmp_path: Path) -> None:
+    flagged = tmp_path / "flagged-termination-log"
+    env = _env("/x.onnx", tmp_path, MODELSHIP_FETCH_ATTEMPTS="twice")
+    server = start_server(env, "--termination-log", str(flagged), wait=False)
+    assert server.wait_exit(timeout=60) == 2
+    assert flagged.read_text() == "bad settings: fetch_attempts must be an integer, got 'twice'\n"
+    assert not (tmp_path / "termination-log").exists()
 
 
 def test_fetch_mode_fills_the_cache_that_serving_then_uses(

@@ -14,7 +14,15 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
 class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names it."""
+    """A setting is missing or malformed; the message names it.
+
+    `termination_log` is where the failure is to be reported: the one setting read before the others are
+    checked, so that bad settings are reported where the kubelet looks, as any other failed start.
+    """
+
+    def __init__(self, message: str, termination_log: str = DEFAULT_TERMINATION_LOG) -> None:
+        super().__init__(message)
+        self.termination_log = termination_log
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,11 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
 )
 
 
+ENV_PREFIX = "MODELSHIP_"
+# What the operator's pod template sets (tests/contract holds it to this): variable -> Settings field.
+ENVIRONMENT: Mapping[str, str] = {ENV_PREFIX + suffix: name for name, suffix, _kind, _text in _OPTIONS}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m modelship.server",
@@ -113,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     for name, env, _kind, text in _OPTIONS:
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{text} [MODELSHIP_{env}]"
+            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{text} [{ENV_PREFIX}{env}]"
         )
     return parser
 
@@ -132,14 +145,25 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     """Settings from flags and environment, checked; raises ConfigError naming the bad setting."""
     env = os.environ if environ is None else environ
     args = _parser().parse_args(argv)
-    values: dict[str, object] = {"command": args.command}
-    for name, suffix, kind, _text in _OPTIONS:
-        raw = getattr(args, name)
-        if raw is None:
-            raw = env.get("MODELSHIP_" + suffix)
-        if raw is None or raw == "":
-            continue
-        values[name] = _convert(name, kind, raw) if kind is not str else raw
+    raw: dict[str, str] = {}
+    for name, suffix, _kind, _text in _OPTIONS:
+        value = getattr(args, name)
+        if value is None:
+            value = env.get(ENV_PREFIX + suffix)
+        if value is not None and value != "":
+            raw[name] = value
+    try:
+        return _settings(args.command, raw)
+    except ConfigError as exc:
+        exc.termination_log = raw.get("termination_log", DEFAULT_TERMINATION_LOG)
+        raise
+
+
+def _settings(command: str, raw: Mapping[str, str]) -> Settings:
+    values: dict[str, object] = {"command": command}
+    for name, _suffix, kind, _text in _OPTIONS:
+        if name in raw:
+            values[name] = _convert(name, kind, raw[name]) if kind is not str else raw[name]
     for required in ("model_name", "model_uri"):
         if not values.get(required):
             raise ConfigError(

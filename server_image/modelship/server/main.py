@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import uvicorn
 from modelship.server.app import create_app
-from modelship.server.config import DEFAULT_TERMINATION_LOG, ConfigError, Settings, load_settings
+from modelship.server.config import ConfigError, Settings, load_settings
 from modelship.server.errors import ModelLoadError
-from modelship.server.fetch import fetch_model
+from modelship.server.fetch import ModelFile, fetch_model
 from modelship.server.runtime import ModelRuntime
 from modelship.server.state import ServerState
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -38,15 +38,19 @@ def report_failure(path: str, message: str) -> None:
         log.warning("cannot write the termination log %s: %s", path, exc.strerror or exc)
 
 
-def load_runtime(settings: Settings) -> ModelRuntime:
-    model = fetch_model(
+def fetch(settings: Settings) -> ModelFile:
+    """The verified model file the settings name: what `fetch` leaves in the cache and `serve` loads."""
+    return fetch_model(
         settings.model_uri,
         settings.model_sha256,
         settings.cache_dir,
         settings.max_model_bytes,
         attempts=settings.fetch_attempts,
     )
-    runtime = ModelRuntime.load(model, settings.threads)
+
+
+def load_runtime(settings: Settings) -> ModelRuntime:
+    runtime = ModelRuntime.load(fetch(settings), settings.threads)
     runtime.warm_up(settings.max_batch_size)
     return runtime
 
@@ -234,11 +238,11 @@ async def serve(settings: Settings) -> tuple[int, bool]:
 
     threading.Thread(target=load, name="model-loader", daemon=True).start()
     try:
+        # A port it cannot listen on makes uvicorn leave with SystemExit(3) from in here: that failure has
+        # no termination message of ours, the kubelet shows the log's last lines (FallbackToLogsOnError).
         await server.serve()
     finally:
         await state.close()
-    if not server.started and exit_code == 0:
-        exit_code = 1  # uvicorn could not listen; it logged why
     return exit_code, server.abandoned_work
 
 
@@ -265,9 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(argv)
     except ConfigError as exc:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-        report_failure(
-            os.environ.get("MODELSHIP_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG, f"bad settings: {exc}"
-        )
+        report_failure(exc.termination_log, f"bad settings: {exc}")
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -276,13 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if settings.command == "fetch":
         try:
-            model = fetch_model(
-                settings.model_uri,
-                settings.model_sha256,
-                settings.cache_dir,
-                settings.max_model_bytes,
-                attempts=settings.fetch_attempts,
-            )
+            model = fetch(settings)
         except ModelLoadError as exc:
             report_failure(settings.termination_log, f"model fetch failed: {exc}")
             return 1

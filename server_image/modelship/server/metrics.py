@@ -36,46 +36,28 @@ class Metrics:
             [*LABELS, "code"],
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = self._histogram(
             "modelship_request_duration_seconds",
             "Time from receiving an inference request to its response.",
-            LABELS,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        ).labels(*self._labels)
-        self.inference_duration = Histogram(
+            LATENCY_BUCKETS,
+        )
+        self.inference_duration = self._histogram(
             "modelship_inference_duration_seconds",
             "Time of one onnxruntime run (one batch).",
-            LABELS,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        ).labels(*self._labels)
-        self.batch_size = Histogram(
-            "modelship_batch_size",
-            "Requests merged into one onnxruntime run.",
-            LABELS,
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        ).labels(*self._labels)
-        self.queue_duration = Histogram(
+            LATENCY_BUCKETS,
+        )
+        self.batch_size = self._histogram(
+            "modelship_batch_size", "Requests merged into one onnxruntime run.", BATCH_BUCKETS
+        )
+        self.queue_duration = self._histogram(
             "modelship_queue_duration_seconds",
             "Time a request waited before its onnxruntime run started.",
-            LABELS,
-            buckets=QUEUE_BUCKETS,
-            registry=r,
-        ).labels(*self._labels)
-        self.inflight = Gauge(
-            "modelship_inflight_requests",
-            "Inference requests being handled now.",
-            LABELS,
-            registry=r,
-        ).labels(*self._labels)
-        self.model_load_seconds = Gauge(
-            "modelship_model_load_seconds",
-            "Time it took to fetch, verify, load and warm up the model.",
-            LABELS,
-            registry=r,
-        ).labels(*self._labels)
+            QUEUE_BUCKETS,
+        )
+        self.inflight = self._gauge("modelship_inflight_requests", "Inference requests being handled now.")
+        self.model_load_seconds = self._gauge(
+            "modelship_model_load_seconds", "Time it took to fetch, verify, load and warm up the model."
+        )
         self._model_info = Gauge(
             "modelship_model_info",
             "The served model; always 1.",
@@ -84,6 +66,13 @@ class Metrics:
         )
         ProcessCollector(registry=r)
         self._by_code: dict[int, Counter] = {}
+
+    def _histogram(self, name: str, text: str, buckets: tuple[float, ...]) -> Histogram:
+        """The one series of a histogram labelled with this server's model, version and revision."""
+        return Histogram(name, text, LABELS, buckets=buckets, registry=self.registry).labels(*self._labels)
+
+    def _gauge(self, name: str, text: str) -> Gauge:
+        return Gauge(name, text, LABELS, registry=self.registry).labels(*self._labels)
 
     def count_request(self, code: int) -> None:
         child = self._by_code.get(code)
