@@ -24,9 +24,8 @@ def test_a_pvc_uri_splits_into_claim_and_path() -> None:
 
 
 def test_a_pvc_uri_without_a_path_is_an_error_for_the_user() -> None:
-    model = spec.parse(md_body(model={"uri": "pvc://models"})).model
     with pytest.raises(spec.SpecError, match="pvc://<claim>/<path"):
-        _ = model.pvc
+        spec.parse(md_body(model={"uri": "pvc://models"}))
 
 
 def test_a_model_without_version_or_uri_is_refused() -> None:

@@ -12,12 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelship.operator import bodies, naming
+from modelship.operator import bodies, naming, validation
 from modelship.operator.durations import format_duration, parse_duration
-
-
-class SpecError(ValueError):
-    """The spec cannot be turned into pods; the message is meant for the user."""
+from modelship.operator.validation import SpecError
 
 
 @dataclass(frozen=True)
@@ -203,8 +200,7 @@ def parse(body: Mapping[str, Any]) -> ModelDeployment:
     spec = body.get("spec") or {}
     name = meta.get("name") or ""
     model = spec.get("model") or {}
-    if not model.get("version") or not model.get("uri"):
-        raise SpecError("spec.model.version and spec.model.uri are required")
+    validation.check(name, spec)
     autoscaling = spec.get("autoscaling")
     server = spec.get("server") or {}
     batching = server.get("batching") or {}
