@@ -22,8 +22,6 @@ from modelship.operator.rollout.plan import RolloutPlan, plan_of
 from modelship.operator.rollout.state import RolloutState
 from modelship.operator.spec import ModelDeployment
 
-DEFAULT_SETTINGS = AnalysisSettings()
-
 
 @dataclass(frozen=True)
 class Apply:
@@ -77,7 +75,7 @@ def decide(
     server_image: str,
     now: float,
     measurement: steps.Verdict | None = None,
-    settings: AnalysisSettings = DEFAULT_SETTINGS,
+    settings: AnalysisSettings = steps.DEFAULT_SETTINGS,
     route: Body | None = None,
     revision: Revision | None = None,
 ) -> Decision:
@@ -92,10 +90,11 @@ def decide(
     wanted, target_deployment = _wanted(md, revision, ours, states, step)
     applies = _applies(wanted, ours)
     plan = _plan(md, revision, states, step, applies, target_deployment)
-    deletes = [*_retired(revision, ours, states, plan, step), *_stale_services(md, ours, step)]
+    revision_services = _revision_services(md, ours)
+    deletes = [*_retired(revision, ours, states, plan, step), *_stale_services(md, revision_services, step)]
     if not any(m["kind"] == kinds.AUTOSCALERS.kind for m in wanted):
         deletes.extend(_unwanted_autoscaler(md, ours))
-    route_rules, route_missing = _route(md, route, ours, step, revision)
+    route_rules, route_missing = _route(md, route, set(revision_services), step, revision)
     return Decision(
         revision=revision,
         plan=plan,
@@ -229,11 +228,13 @@ def _revision_services(md: ModelDeployment, ours: Children) -> dict[str, Body]:
     }
 
 
-def _stale_services(md: ModelDeployment, ours: Children, step: steps.StepResult) -> list[Delete]:
+def _stale_services(
+    md: ModelDeployment, revision_services: Mapping[str, Body], step: steps.StepResult
+) -> list[Delete]:
     routed = md.rollout.http_route is not None
     return [
         Delete(kinds.SERVICES.kind, name, bodies.uid_of(body), "its revision no longer takes traffic")
-        for name, body in sorted(_revision_services(md, ours).items())
+        for name, body in sorted(revision_services.items())
         if not routed or bodies.revision_of(body) not in step.replicas
     ]
 
@@ -246,7 +247,11 @@ def _unwanted_autoscaler(md: ModelDeployment, ours: Children) -> list[Delete]:
 
 
 def _route(
-    md: ModelDeployment, route: Body | None, ours: Children, step: steps.StepResult, revision: Revision
+    md: ModelDeployment,
+    route: Body | None,
+    revision_services: set[str],
+    step: steps.StepResult,
+    revision: Revision,
 ) -> tuple[list[Manifest] | None, str | None]:
     """The HTTPRoute's new rules (None: unchanged), or why there is no route to write."""
     if md.rollout.http_route is None:
@@ -257,7 +262,7 @@ def _route(
     rules = traffic.route_rules(
         route,
         md.name,
-        set(_revision_services(md, ours)),
+        revision_services,
         naming.deployment_name(md.name, _serving(revision, step)),
         naming.deployment_name(md.name, canary) if canary is not None else None,
         step.weight if canary is not None else 0,

@@ -10,6 +10,7 @@ from where it is seen (`children`) through the step function (`rollout.steps`) t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -48,7 +49,6 @@ CONTAINER_CONFIG_ERROR: Final = "ContainerConfigError"
 REPLICA_FAILURE: Final = "ReplicaFailure"  # the Deployment cannot create pods (quota, admission)
 PROGRESS_DEADLINE_EXCEEDED: Final = "ProgressDeadlineExceeded"
 ANALYSIS_FAILED: Final = "AnalysisFailed"
-ROUTE_NOT_FOUND: Final = "RouteNotFound"
 
 # ---- Event reasons (kubectl describe md)
 EVENT_READY: Final = READY
@@ -63,22 +63,6 @@ EVENT_AUTOSCALER_CREATED: Final = "AutoscalerCreated"
 EVENT_AUTOSCALER_UPDATED: Final = "AutoscalerUpdated"
 EVENT_AUTOSCALER_REMOVED: Final = "AutoscalerRemoved"
 EVENT_DRIFT_REPAIRED: Final = "DriftRepaired"
-
-FAILURE_REASONS: Final = frozenset(
-    {
-        INVALID_SPEC,
-        APPLY_FAILED,
-        MODEL_LOAD_FAILED,
-        SERVER_FAILED,
-        IMAGE_PULL_FAILED,
-        CONTAINER_CONFIG_ERROR,
-        REPLICA_FAILURE,
-        PROGRESS_DEADLINE_EXCEEDED,
-        ANALYSIS_FAILED,
-        ROLLOUT_ABORTED,
-        ROUTE_NOT_FOUND,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -97,6 +81,6 @@ class Failure:
 
     @classmethod
     def from_status(cls, raw: object) -> Failure | None:
-        if not isinstance(raw, dict) or not raw.get("reason"):
+        if not isinstance(raw, Mapping) or not raw.get("reason"):
             return None
         return cls(str(raw["reason"]), str(raw.get("message") or ""))

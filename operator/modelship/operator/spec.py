@@ -33,11 +33,8 @@ class ModelSource:
         """(claim, path inside the claim) for a `pvc://<claim>/<path>` URI, else None."""
         if self.scheme != "pvc":
             return None
-        parts = urlsplit(self.uri)
-        path = parts.path.lstrip("/")
-        if not parts.netloc or not path:
-            raise SpecError(f"model uri {self.uri!r}: expected pvc://<claim>/<path/to/model.onnx>")
-        return parts.netloc, path
+        parts = urlsplit(self.uri)  # `parse` has checked its form (validation.check_model)
+        return parts.netloc, parts.path.lstrip("/")
 
 
 @dataclass(frozen=True)

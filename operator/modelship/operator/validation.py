@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
+from modelship.operator.naming import MAX_NAME_LENGTH
 from modelship.operator.quantities import parse_quantity
 
 
@@ -37,10 +38,9 @@ _FORMS = {
     "file://": "file:///<absolute path in the pod>",
     "pvc://": "pvc://<claim>/<path/to/model.onnx>",
 }
-MAX_NAME = 52  # child names add "-<revision>" and must stay within 63
 
 
-def _fail(path: str, message: str) -> None:
+def _fail(path: str, message: str) -> NoReturn:
     raise SpecError(f"{path}: {message}")
 
 
@@ -74,8 +74,8 @@ def _label_value(value: Any, path: str) -> None:
 
 
 def check_name(name: str) -> None:
-    if not _NAME.match(name) or len(name) > MAX_NAME:
-        _fail("metadata.name", f"{name!r} must be a DNS label of at most {MAX_NAME} characters")
+    if not _NAME.match(name) or len(name) > MAX_NAME_LENGTH:
+        _fail("metadata.name", f"{name!r} must be a DNS label of at most {MAX_NAME_LENGTH} characters")
 
 
 def check_model(model: Mapping[str, Any]) -> None:
@@ -90,7 +90,6 @@ def check_model(model: Mapping[str, Any]) -> None:
     scheme = next((s for s in _URIS if uri.startswith(s)), None)
     if scheme is None:
         _fail("spec.model.uri", "uri must start with one of https://, http://, file:// or pvc://")
-    assert scheme is not None
     if not _URIS[scheme].match(uri):
         _fail("spec.model.uri", f"{uri!r}: expected {_FORMS[scheme]}")
     sha = model.get("sha256")

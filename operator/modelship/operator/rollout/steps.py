@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from modelship.operator import bodies, naming, reasons
@@ -94,7 +94,6 @@ class _Intent:
     note: str | None = None  # what the action did, for status
     requeue: float | None = None
     paused: str | None = None
-    keep: set[str] = field(default_factory=set)
 
     def use(self, note: str) -> None:
         self.verb, self.note = None, note
