@@ -68,7 +68,7 @@ async def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(executo
         await runner.close()
     for x, result in zip(inputs, results, strict=True):
         assert result["y"].shape == (len(x), 3)
-        np.testing.assert_allclose(result["y"], models.mlp_reference(x), rtol=1e-5)
+        np.testing.assert_allclose(result["y"], models.mlp_reference(x), rtol=1e-5, atol=1e-6)
     runs, requests = _runs(metrics)
     assert requests == len(inputs)
     assert runs == 1  # 16 rows fill the batch at once
@@ -178,7 +178,7 @@ def test_concurrent_http_callers_get_their_own_rows_ids_and_encodings(servers: S
             meta = response.json()
             y = np.array(meta["outputs"][0]["data"], dtype=np.float32).reshape(meta["outputs"][0]["shape"])
         assert meta["id"] == f"caller-{i}"
-        np.testing.assert_allclose(y, models.mlp_reference(x), rtol=1e-5)
+        np.testing.assert_allclose(y, models.mlp_reference(x), rtol=1e-5, atol=1e-6)
 
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         list(pool.map(call, range(32)))

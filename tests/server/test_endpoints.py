@@ -82,7 +82,9 @@ def test_json_infer_matches_the_reference_and_echoes_id(servers: Servers) -> Non
         assert out["id"] == "r1" and out["model_name"] == "mlp" and out["model_version"] == "3"
         (y,) = out["outputs"]
         assert y["name"] == "y" and y["datatype"] == "FP32" and y["shape"] == [3, 3]
-        np.testing.assert_allclose(np.array(y["data"]).reshape(3, 3), models.mlp_reference(x), rtol=1e-5)
+        np.testing.assert_allclose(
+            np.array(y["data"]).reshape(3, 3), models.mlp_reference(x), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_binary_request_and_binary_response(servers: Servers) -> None:
@@ -109,7 +111,7 @@ def test_binary_request_and_binary_response(servers: Servers) -> None:
     (y,) = meta["outputs"]
     assert y["parameters"] == {"binary_data_size": 24} and "data" not in y
     got = np.frombuffer(response.content[length:], dtype="<f4").reshape(y["shape"])
-    np.testing.assert_allclose(got, models.mlp_reference(x), rtol=1e-5)
+    np.testing.assert_allclose(got, models.mlp_reference(x), rtol=1e-5, atol=1e-6)
 
 
 def test_binary_data_output_parameter_makes_all_outputs_binary(servers: Servers) -> None:
@@ -123,7 +125,9 @@ def test_v1_predict(servers: Servers) -> None:
     x = np.array([[1, 2, 3, 4], [0, 0, 0, 1]], dtype=np.float32)
     response = httpx.post(f"{servers.mlp.url}/v1/models/mlp:predict", json={"instances": x.tolist()})
     assert response.status_code == 200, response.text
-    np.testing.assert_allclose(np.array(response.json()["predictions"]), models.mlp_reference(x), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.array(response.json()["predictions"]), models.mlp_reference(x), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_every_dtype_round_trips_in_json_and_binary(servers: Servers) -> None:
