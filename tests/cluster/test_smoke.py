@@ -137,7 +137,10 @@ def test_horizontal_pod_autoscaler_is_processed_by_the_controller_manager(k8s_ap
         what="the HPA controller to scale the Deployment to minReplicas",
     )
     status = wait_until(
-        lambda: autoscaling.read_namespaced_horizontal_pod_autoscaler("scaled", namespace).status.conditions,
+        lambda: (
+            (s := autoscaling.read_namespaced_horizontal_pod_autoscaler("scaled", namespace).status)
+            and s.conditions
+        ),
         timeout=30,
         what="HPA conditions",
     )

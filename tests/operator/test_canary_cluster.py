@@ -58,17 +58,20 @@ def start(models: Models, name: str, rollout: dict[str, Any], replicas: int = 4)
     models.create(name, model_spec(version="1", replicas=replicas, rollout=rollout))
     models.wait_ready(name)
     models.patch(name, {"spec": {"model": model_spec(version="2")["model"]}})
-    return wait_until(
-        lambda: (
-            (models.get(name).get("status") or {}).get("rollout", {}).get("canaryRevision")
-            and models.get(name)["status"]
-        ),
-        what="a canary revision in status",
-    )
+
+    def canary_started() -> dict[str, Any] | None:
+        status = models.get(name).get("status") or {}
+        return status if (status.get("rollout") or {}).get("canaryRevision") else None
+
+    return wait_until(canary_started, what="a canary revision in status")
 
 
 def rollout_of(models: Models, name: str) -> dict[str, Any]:
     return dict((models.get(name).get("status") or {}).get("rollout") or {})
+
+
+def phase_of(models: Models, name: str) -> str | None:
+    return (models.get(name).get("status") or {}).get("phase")
 
 
 def replicas(models: Models, name: str) -> dict[str, int]:
@@ -204,7 +207,7 @@ def test_a_paused_rollout_survives_an_operator_restart_and_a_promote_finishes_it
     steps = [{"setWeight": 25}, {"pause": {}}, {"setWeight": 50}, {"pause": {"duration": "1s"}}]
     status = start(models, "paused", rollout_spec(steps, analysis=False))
     canary = status["rollout"]["canaryRevision"]
-    wait_until(lambda: models.get("paused")["status"]["phase"] == "Paused", what="the pause")
+    wait_until(lambda: phase_of(models, "paused") == "Paused", what="the pause")
     before = models.get("paused")["status"]["rollout"]
     assert before["step"] == 1 and before["paused"] is True
     [canary_deployment] = [d for d in models.deployments("paused") if d.metadata.name.endswith(canary)]
@@ -228,7 +231,7 @@ def test_abort_and_retry_from_the_plugin(models: Models, kubeconfig: str) -> Non
     status = start(models, "manual", rollout_spec([{"setWeight": 25}, {"pause": {}}], analysis=False))
     canary = status["rollout"]["canaryRevision"]
     stable = status["rollout"]["stableRevision"]
-    wait_until(lambda: models.get("manual")["status"]["phase"] == "Paused", what="the pause")
+    wait_until(lambda: phase_of(models, "manual") == "Paused", what="the pause")
 
     result = plugin(kubeconfig, "abort", "manual", "-n", models.namespace)
     assert result.returncode == 0, result.stderr
@@ -239,7 +242,7 @@ def test_abort_and_retry_from_the_plugin(models: Models, kubeconfig: str) -> Non
 
     result = plugin(kubeconfig, "retry", "manual", "-n", models.namespace)
     assert result.returncode == 0, result.stderr
-    wait_until(lambda: models.get("manual")["status"]["phase"] == "Paused", what="the retried canary's pause")
+    wait_until(lambda: phase_of(models, "manual") == "Paused", what="the retried canary's pause")
     assert replicas(models, "manual") == {stable: 3, canary: 1}
 
     printed = plugin(kubeconfig, "status", "manual", "-n", models.namespace)

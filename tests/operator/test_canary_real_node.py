@@ -308,7 +308,7 @@ def test_a_failing_canary_on_the_real_node_is_rolled_back_and_the_stable_pods_se
     cluster_ip = routed_into_node(core.read_namespaced_service(NAME, ns).spec.cluster_ip)
     url = f"http://{cluster_ip}/v2/models/{NAME}/infer"
     wait_until(
-        lambda: sum(bool(e.conditions.ready) for e in endpoints(models)) == REPLICAS,
+        lambda: sum(bool(e.conditions and e.conditions.ready) for e in endpoints(models)) == REPLICAS,
         what="three ready endpoints",
     )
     wait_until(lambda: send(url, requests, 1)[200] == 1, what="an answer through the ClusterIP")
@@ -326,7 +326,7 @@ def test_a_failing_canary_on_the_real_node_is_rolled_back_and_the_stable_pods_se
 
         models.patch(NAME, {"spec": {"model": model_spec("2", v2)}})
         canary = wait_until(
-            lambda: (models.get(NAME).get("status") or {}).get("rollout", {}).get("canaryRevision"),
+            lambda: ((models.get(NAME).get("status") or {}).get("rollout") or {}).get("canaryRevision"),
             what="a canary revision in status",
         )
         assert canary != stable

@@ -64,15 +64,15 @@ def test_an_example_serves_predictions_on_the_real_node(
         served_as = model.get("name", name)
         ip = routed_into_node(core.read_namespaced_service(name, real_namespace).spec.cluster_ip)
 
-        def answer(url: str = f"http://{ip}/v2/models/{served_as}/infer") -> dict[str, Any] | None:
+        def answer(url: str = f"http://{ip}/v2/models/{served_as}/infer") -> httpx.Response | None:
             try:
-                response = httpx.post(url, json=REQUEST, timeout=5)
+                return httpx.post(url, json=REQUEST, timeout=5)
             except httpx.TransportError:
                 return None  # kube-proxy may not have programmed the new Service yet
-            assert response.status_code == 200, response.text
-            return response.json()  # type: ignore[no-any-return]
 
-        result = wait_until(answer, timeout=30, what=f"a prediction from {name} through its ClusterIP")
+        response = wait_until(answer, timeout=30, what=f"a prediction from {name} through its ClusterIP")
+        assert response.status_code == 200, response.text
+        result = response.json()
         assert result["model_version"] == model["version"]
         outputs = {output["name"]: output for output in result["outputs"]}
         assert outputs["label"]["datatype"] == "INT64" and outputs["label"]["data"][0] in (0, 1, 2)
