@@ -17,8 +17,12 @@ from kubernetes.client.rest import ApiException
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.no_proxy import drop_proxy_variables  # noqa: E402
 from tests.operator_process import KopfProcess  # noqa: E402
 from tests.support import wait_until  # noqa: E402
+
+# Before any client is made: the benchmarks talk to the local cluster only, never through a proxy.
+drop_proxy_variables()
 
 CRD_NAMES = ("modeldeployments.modelship.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 

@@ -143,7 +143,8 @@ def running(command: list[str], env: dict[str, str], ready_url: str, log: Path) 
             if proc.poll() is not None:
                 raise RuntimeError(f"{command[0]} exited with {proc.returncode}; see {log}")
             try:
-                if httpx.get(ready_url, timeout=1).status_code == 200:
+                # trust_env=False: loopback, never through HTTP_PROXY (which pip, for KServe, may need).
+                if httpx.get(ready_url, timeout=1, trust_env=False).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

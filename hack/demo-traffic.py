@@ -45,6 +45,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_term)
     deadline = time.monotonic() + seconds
     sent = 0
+    # The URL is in the local cluster: no proxy, whatever HTTP_PROXY and friends say (urllib's
+    # default opener would send even a ClusterIP to them).
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     while not stop and time.monotonic() < deadline:
         flower = flowers[sent % len(flowers)]
         body = json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": flower}]})
@@ -53,7 +56,7 @@ def main(argv: list[str]) -> int:
         )
         sent += 1
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with opener.open(request, timeout=5) as response:
                 codes[str(response.status)] += 1
         except urllib.error.HTTPError as exc:
             codes[str(exc.code)] += 1

@@ -69,6 +69,10 @@ def main(argv: list[str]) -> int:
     kubeconfig, folder, node, network = argv[0], Path(argv[1]), argv[2], ipaddress.ip_network(argv[3])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     folder.mkdir(parents=True, exist_ok=True)
+    # The API server is the local cluster's: no proxy, whatever the environment says (the kubernetes
+    # client takes HTTP(S)_PROXY from it, and its NO_PROXY rarely names 127.0.0.1).
+    for name in [n for n in os.environ if n.lower().endswith("_proxy") and n.lower() != "no_proxy"]:
+        del os.environ[name]
     core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
     while True:
         try:

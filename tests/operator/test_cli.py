@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -459,3 +464,78 @@ def test_list_rows() -> None:
         "iris   -         -        -        -      -",
     ]
     assert cli.list_table([md(HEALTHY)], all_namespaces=True).splitlines()[1].split()[:2] == ["prod", "iris"]
+
+
+def _kubeconfig(folder: Path, server: str) -> str:
+    path = folder / "kubeconfig"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "ml"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return str(path)
+
+
+@pytest.fixture
+def fake_api() -> Iterator[tuple[str, list[str]]]:
+    """An API server on 127.0.0.1 (plain HTTP) with no ModelDeployments; the paths it was asked for."""
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = json.dumps({"kind": "ModelDeploymentList", "items": [], "metadata": {}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", asked
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_an_api_server_on_loopback_is_reached_direct_whatever_the_proxy_variables_say(
+    tmp_path: Path, fake_api: tuple[str, list[str]], bogus_proxy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, asked = fake_api
+    assert cli.main(["list", "--kubeconfig", _kubeconfig(tmp_path, url)]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == 'no modeldeployments in namespace "ml"\n'
+    assert asked == [f"/apis/{naming.GROUP}/{naming.VERSION}/namespaces/ml/{naming.PLURAL}"]
+
+
+def test_a_remote_api_server_keeps_the_environments_proxy(tmp_path: Path, bogus_proxy: str) -> None:
+    # No request is sent: only the client's configuration is read.
+    conn = cli.connect(_kubeconfig(tmp_path, "https://api.example.com:6443"), None, None)
+    assert conn.api.api_client.configuration.proxy == bogus_proxy
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [
+        ("https://127.0.0.1:6443", True),
+        ("https://127.1.2.3", True),
+        ("https://[::1]:6443", True),
+        ("https://localhost:6443", True),
+        ("https://api.localhost", True),
+        ("https://10.96.0.1:443", False),
+        ("https://api.example.com", False),
+    ],
+)
+def test_is_loopback_url(url: str, loopback: bool) -> None:
+    assert cli.is_loopback_url(url) is loopback

@@ -10,12 +10,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import kopf
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import unused_port
 from modelship.operator import client as kube
-from modelship.operator import kinds
+from modelship.operator import kinds, spec
+from modelship.operator.rollout import measuring
+
+from tests.operator.factories import md_body
 
 Handler = Callable[[web.Request], web.Response]
 
@@ -116,3 +120,30 @@ def test_retry_after_as_an_http_date() -> None:
     in_a_minute = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))
     waited = kube.parse_retry_after(in_a_minute)
     assert waited is not None and 55 <= waited <= 61
+
+
+async def test_the_client_goes_direct_whatever_the_proxy_variables_say(
+    api: FakeApi, bogus_proxy: str
+) -> None:
+    # The proxy is really there for a client that reads the environment: it cannot connect.
+    async with aiohttp.ClientSession(trust_env=True) as session:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(api.url)
+    assert api.arrivals == []
+    # Even when Kopf's connection info would trust the environment.
+    c = kube.KubeClient(lambda: kopf.ConnectionInfo(server=api.url, trust_env=True), attempts=1)
+    assert await c.get(kinds.DEPLOYMENTS, "ml", "x") == {"kind": "Deployment"}
+    assert len(api.arrivals) == 1
+    await c.close()
+
+
+async def test_the_measurer_reaches_prometheus_direct_whatever_the_proxy_variables_say(
+    api: FakeApi, bogus_proxy: str
+) -> None:
+    vector = {"status": "success", "data": {"resultType": "vector", "result": [{"value": [0, "100"]}]}}
+    api.answers.extend(web.json_response(vector) for _ in range(8))
+    measurer = measuring.Measurer(api.url)
+    verdict = await measurer(spec.parse(md_body()), "9b1c")
+    await measurer.close()
+    assert api.arrivals, verdict.summary  # the queries reached the loopback "Prometheus"
+    assert "unreachable" not in verdict.summary

@@ -132,7 +132,8 @@ class KubeClient:
             connector=aiohttp.TCPConnector(limit=self._connections, ssl=info.as_ssl_context()),
             headers={**info.as_http_headers(), "User-Agent": "modelship-operator"},
             timeout=self._timeout,
-            trust_env=info.trust_env,
+            # The cluster's API server (or loopback): never through HTTP(S)_PROXY, as Kopf's own watch.
+            trust_env=False,
         )
 
     async def close(self) -> None:

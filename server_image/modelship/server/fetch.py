@@ -11,11 +11,13 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import httpx
+from modelship.server import proxies
 from modelship.server.errors import ModelLoadError
 
 log = logging.getLogger("modelship.server.fetch")
@@ -80,6 +82,28 @@ class _Retryable(Exception):
     pass
 
 
+class _ProxyRouting(httpx.BaseTransport):
+    """Sends each request, redirects included, direct or through the proxy `proxies.proxy_for` picks:
+    the environment's proxy for remote hosts, none for local and cluster addresses (httpx's own reading
+    of the environment would proxy those too: its NO_PROXY knows no CIDR blocks)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        self._transports: dict[str | None, httpx.HTTPTransport] = {}
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        proxy = proxies.proxy_for(str(request.url), self._environ)
+        transport = self._transports.get(proxy)
+        if transport is None:
+            # Each transport still reads SSL_CERT_FILE and SSL_CERT_DIR (trust_env) for its TLS.
+            transport = self._transports[proxy] = httpx.HTTPTransport(proxy=proxy)
+        return transport.handle_request(request)
+
+    def close(self) -> None:
+        for transport in self._transports.values():
+            transport.close()
+
+
 def download(
     url: str,
     dest: Path,
@@ -108,7 +132,12 @@ def _download_once(url: str, dest: Path, expected_sha256: str, max_bytes: int, t
     part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     try:
         with (
-            httpx.Client(follow_redirects=True, timeout=httpx.Timeout(timeout, connect=10.0)) as client,
+            httpx.Client(
+                transport=_ProxyRouting(os.environ),
+                trust_env=False,  # proxies are _ProxyRouting's choice alone
+                follow_redirects=True,
+                timeout=httpx.Timeout(timeout, connect=10.0),
+            ) as client,
             client.stream("GET", url) as response,
         ):
             status = response.status_code

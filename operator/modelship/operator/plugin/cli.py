@@ -15,6 +15,7 @@ here, and the text of `status` lives in `plugin.text`; `main` only does the I/O.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from modelship.operator import bodies, naming
 from modelship.operator.plugin.text import format_rollout
@@ -175,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
 # --- I/O ----------------------------------------------------------------------------------
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether the URL names this machine: `localhost` or a loopback address (Go's, so kubectl's, rule
+    for skipping the environment's proxy)."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class Connection:
     api: Any  # kubernetes.client.CustomObjectsApi
@@ -196,18 +210,26 @@ def connect(kubeconfig: str | None, context: str | None, namespace: str | None) 
         try:
             contexts, active = config.list_kube_config_contexts(config_file=path)
             namespace = namespace or context_namespace(contexts, active, context)
-            # persist_config=False: a plugin never rewrites the user's kubeconfig.
-            api_client = config.new_client_from_config(
-                config_file=path, context=context, persist_config=False
+            # What config.new_client_from_config does, with a look at the proxy before the client
+            # is made. persist_config=False: a plugin never rewrites the user's kubeconfig.
+            configuration = client.Configuration()
+            config.load_kube_config(
+                config_file=path, context=context, client_configuration=configuration, persist_config=False
             )
         except config.ConfigException as exc:
             raise CliError(f"cannot use the kubeconfig {path}: {exc}") from exc
+        if is_loopback_url(configuration.host) and getattr(configuration, "_proxy_from_env", False):
+            # The client takes HTTP(S)_PROXY from the environment; as kubectl, an API server on this
+            # machine is reached direct all the same (a kubeconfig's own proxy-url still applies).
+            configuration.proxy = None
+        api_client = client.ApiClient(configuration)
     else:
         configuration = client.Configuration()
         try:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException as exc:
             raise CliError(f"no kubeconfig at {path} and not inside a cluster ({exc})") from exc
+        configuration.proxy = None  # the API server's ClusterIP: never through HTTP(S)_PROXY
         api_client = client.ApiClient(configuration)
         if namespace is None and SERVICE_ACCOUNT_NAMESPACE.is_file():
             namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None

@@ -25,7 +25,8 @@ class Measurer:
 
     async def __call__(self, md: ModelDeployment, revision: str) -> Verdict:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # Prometheus is in the cluster (or on loopback): never through HTTP(S)_PROXY.
+            self._session = aiohttp.ClientSession(trust_env=False)
         settings = settings_of(md)
         url = settings.prometheus_url or self._default_url
         measured = await analysis.measure(self._session, url, settings, md.namespace, md.name, revision)

@@ -1,0 +1,183 @@
+"""Nothing the tests, benchmarks and hack/ scripts send goes through a proxy, whatever the environment says.
+
+Each check runs against a server on 127.0.0.1 with HTTP(S)_PROXY and ALL_PROXY (both cases) naming a
+proxy that is never there, and no NO_PROXY: a request sent through it would fail at once. The
+control cases show that a client reading the environment would indeed have failed.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.no_proxy import BOGUS_PROXY, PROXY_VARIABLES, drop_proxy_variables
+
+
+def test_every_proxy_variable_is_dropped_and_no_proxy_kept() -> None:
+    environ = {
+        **dict.fromkeys(PROXY_VARIABLES, BOGUS_PROXY),
+        "Https_Proxy": BOGUS_PROXY,
+        "ftp_proxy": BOGUS_PROXY,
+        "NO_PROXY": "localhost",
+        "PATH": "/bin",
+    }
+    dropped = drop_proxy_variables(environ)
+    assert sorted(dropped) == sorted([*PROXY_VARIABLES, "Https_Proxy", "ftp_proxy"])
+    assert environ == {"NO_PROXY": "localhost", "PATH": "/bin"}
+    assert not any(name.lower().endswith("_proxy") and name.lower() != "no_proxy" for name in os.environ)
+
+
+def _bogus_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env.update(dict.fromkeys(PROXY_VARIABLES, BOGUS_PROXY))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+class Recorder:
+    """A server on 127.0.0.1 that answers every GET and POST with `body` and records the paths."""
+
+    def __init__(self, body: dict[str, object]) -> None:
+        self.paths: list[str] = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                recorder.paths.append(self.path)
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                # A watch gets an empty stream, which ends it at once.
+                data = b"" if "watch=" in self.path else json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    server = Recorder({"kind": "PodList", "items": [], "metadata": {"resourceVersion": "1"}})
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("setup", "direct"),
+    [
+        ("", False),  # the control: httpx reads the environment's proxy
+        ("import tests.conftest", True),
+        ("sys.path.insert(0, 'bench'); import benchlib", True),
+    ],
+    ids=["control", "tests", "bench"],
+)
+def test_module_level_httpx_calls_go_direct_once_tests_or_bench_are_imported(
+    recorder: Recorder, setup: str, direct: bool
+) -> None:
+    code = f"import sys\n{setup}\nimport httpx\nprint(httpx.get(sys.argv[1], timeout=10).status_code)"
+    result = subprocess.run(
+        [sys.executable, "-c", code, recorder.url + "/ping"],
+        env=_bogus_environment(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if direct:
+        assert result.returncode == 0 and result.stdout.strip() == "200", result.stderr
+        assert recorder.paths == ["/ping"]
+    else:
+        assert result.returncode != 0 and ("ProxyError" in result.stderr or "ConnectError" in result.stderr)
+        assert recorder.paths == []
+
+
+def test_demo_traffic_goes_direct_with_a_bogus_proxy_set(recorder: Recorder) -> None:
+    url = recorder.url + "/v2/models/iris/infer"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "hack" / "demo-traffic.py"), url, "--rate", "50", "--seconds", "0.5"],
+        env=_bogus_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    sent = len(recorder.paths)
+    assert sent > 0 and set(recorder.paths) == {"/v2/models/iris/infer"}
+    assert f"traffic: {sent} requests sent, answers: {{'200': {sent}}}" in result.stdout
+
+
+def test_pod_targets_reaches_the_api_server_direct_with_a_bogus_proxy_set(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": recorder.url}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    command = [sys.executable, str(ROOT / "hack" / "pod_targets.py"), str(kubeconfig), str(tmp_path / "t")]
+    process = subprocess.Popen(
+        [*command, "node", "10.245.0.0/24"],
+        env=_bogus_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any("watch=" in path for path in recorder.paths) and process.poll() is None:
+            assert time.monotonic() < deadline, "pod_targets.py sent no list and watch in 60 s"
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert any(path.startswith("/api/v1/pods?") for path in recorder.paths), stderr
+    assert "127.0.0.1:9" not in stderr
+
+
+# A curl in a bash script of hack/: `curl` as a command (or in a command line it prints), not in a word.
+CURL = re.compile(r"(?:^|[\s;&|(`\"'])curl\s")
+
+
+def test_every_curl_in_hacks_scripts_says_noproxy() -> None:
+    missing = []
+    for path in sorted((ROOT / "hack").iterdir()):
+        if not path.is_file() or not path.read_bytes().startswith(b"#!") or path.suffix == ".py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if CURL.search(line) and not line.lstrip().startswith("#") and "--noproxy" not in line:
+                missing.append(f"hack/{path.name}:{number}: {line.strip()}")
+    assert missing == [], "curl without --noproxy '*' (the request would follow HTTP_PROXY):\n" + "\n".join(
+        missing
+    )
