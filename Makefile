@@ -5,7 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+CONSTRAINTS := constraints.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha256sum | cut -c1-12)
 CLUSTER := hack/cluster
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
@@ -13,14 +14,18 @@ export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,server,cli]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) --upgrade pip
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev,server,cli]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 .PHONY: install
-install: $(STAMP) ## create .venv and install modelship with its server, cli and dev extras
+install: $(STAMP) ## create .venv and install modelship with its server, cli and dev extras, at the versions of constraints.txt
+
+.PHONY: lock
+lock: ## regenerate constraints.txt from a fresh, unconstrained install of .[dev,server,cli] (then run the tests)
+	hack/lock
 
 .PHONY: cluster-build
 cluster-build: ## compile the pinned Kubernetes binaries into ~/.cache/modelship (cold: long; warm: seconds)
@@ -61,7 +66,8 @@ demo-stop: ## uninstall the demo's operator and delete its namespace
 .PHONY: test
 test: install deps cluster-build images ## run every test on the local cluster, its real node and Prometheus (starts them when needed)
 	$(CLUSTER) up --real-node
-	$(PY) -m pytest -ra
+	@mkdir -p .build && rm -f .build/test-results.xml
+	$(PY) -m pytest -ra --junitxml=.build/test-results.xml
 
 .PHONY: test-unit
 test-unit: install ## run only the tests that need no cluster

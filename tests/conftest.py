@@ -17,8 +17,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.no_proxy import BOGUS_PROXY, PROXY_VARIABLES, drop_proxy_variables
+
+# Before any client is made: every request of the tests goes direct (tests/no_proxy.py says why).
+drop_proxy_variables()
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_KUBECONFIG = ROOT / ".cluster" / "kubeconfig"
+
+
+@pytest.fixture
+def bogus_proxy(monkeypatch: pytest.MonkeyPatch) -> str:
+    """HTTP_PROXY, HTTPS_PROXY and ALL_PROXY, in both cases, set to a proxy that is never there, and no
+    NO_PROXY: a client that honoured them could not connect (for this test only)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, BOGUS_PROXY)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    return BOGUS_PROXY
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +131,9 @@ def delete_namespace_if_present(core, name: str) -> None:  # type: ignore[no-unt
     except ApiException as exc:
         if exc.status != 404:  # already gone is what we wanted
             raise
+
+
+def pytest_report_header() -> str:
+    """The machine the run is on (CPU, OpenBLAS kernel): what can make two runs of a commit differ."""
+    out = subprocess.run([str(ROOT / "hack" / "machine")], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or f"hack/machine failed: {out.stderr.strip()}"
