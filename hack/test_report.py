@@ -27,12 +27,12 @@ def _test_id(case: ET.Element) -> str:
 
 
 def _first_line(problem: ET.Element) -> str:
-    for text in (problem.get("message"), problem.text):
-        for line in (text or "").splitlines():
-            if line.strip():
-                line = line.strip()
-                return line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"
-    return problem.tag
+    """pytest's first `E ` line (the error as raised), else the first line of the message."""
+    text = problem.text or ""
+    marked = [line[1:].strip() for line in text.splitlines() if line.startswith("E ") and line[1:].strip()]
+    candidates = marked[:1] + [line.strip() for line in (problem.get("message") or text).splitlines()]
+    line = next((c for c in candidates if c), problem.tag)
+    return line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"
 
 
 def failures(report: Path) -> list[str]:
