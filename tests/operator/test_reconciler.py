@@ -37,6 +37,7 @@ class MemoryApi:
         self.fail_with: kube.ApiError | None = None
         self.status_fails_with: kube.ApiError | None = None
         self.edit_during_apply = False
+        self.edit_unseen_during_apply = False
 
     def _bump(self) -> str:
         self.version += 1
@@ -49,16 +50,26 @@ class MemoryApi:
         if self.edit_during_apply:  # someone changes the ModelDeployment while we write
             meta = {**self.cached_md["metadata"], "resourceVersion": self._bump()}
             self.cached_md = {**self.cached_md, "metadata": meta}
+        if self.edit_unseen_during_apply:  # ... and the watch has not delivered it yet
+            self.md["metadata"]["resourceVersion"] = self._bump()
         body = live(dict(manifest), resource_version=self._bump())
         self.objects[(manifest["kind"], manifest["metadata"]["name"])] = body
         return body
 
     async def patch_status(
-        self, kind: Any, namespace: str, name: str, patch: Mapping[str, Any]
+        self,
+        kind: Any,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
         self.writes["status"] += 1
         if self.status_fails_with is not None:
             raise self.status_fails_with
+        if resource_version not in (None, self.md["metadata"]["resourceVersion"]):
+            raise kube.api_error(409, {"reason": "Conflict", "message": "the object has been modified"})
         status = self.md.setdefault("status", {})
         for key, value in patch.items():
             if value is None:
@@ -151,6 +162,18 @@ async def test_a_status_computed_from_an_object_that_changed_meanwhile_is_not_wr
     api.edit_during_apply = True
     await reconciler.reconcile(KEY)
     assert api.writes == {"apply": 2}  # the change's own event brings the next reconcile
+
+
+async def test_a_status_write_racing_a_change_the_cache_has_not_seen_is_refused_and_skipped(
+    api: MemoryApi, reconciler: Reconciler
+) -> None:
+    # A deletion or someone else's status write reached the API server after this reconcile read
+    # the object: the patch, a diff against what it read, must not land on the newer version.
+    api.edit_unseen_during_apply = True
+    before = copy.deepcopy(api.md.get("status"))
+    assert await reconciler.reconcile(KEY) == DONE
+    assert api.writes == {"apply": 2, "status": 1}
+    assert api.md.get("status") == before
 
 
 async def test_an_outage_is_raised_for_the_queue_to_retry(api: MemoryApi, reconciler: Reconciler) -> None:

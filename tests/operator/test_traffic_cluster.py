@@ -1,6 +1,7 @@
-"""Canary weights against the real API server: the Gateway API's own HTTPRoute schema (its CRDs
-are installed by `hack/cluster up`), written with the operator's client, and the per-revision
-Service applied server-side. No Gateway is needed: a route is stored and validated without one."""
+"""The operator's client against the real API server. Canary weights: the Gateway API's own
+HTTPRoute schema (its CRDs are installed by `hack/cluster up`), written with the operator's client,
+and the per-revision Service applied server-side. No Gateway is needed: a route is stored and
+validated without one. Status: a write computed from a version that has changed since is refused."""
 
 from __future__ import annotations
 
@@ -124,3 +125,24 @@ async def test_a_revision_service_is_accepted_by_server_side_apply(
 
     again = await api.apply(manifest)
     assert again["metadata"]["resourceVersion"] == applied["metadata"]["resourceVersion"]
+
+
+async def test_a_status_patch_for_a_version_that_changed_since_is_a_conflict_and_not_applied(
+    k8s_api: client.ApiClient, namespace: str, crds: None, api: kube.KubeClient
+) -> None:
+    models = Models(k8s_api, namespace)
+    read_version = models.create("iris", model_spec())["metadata"]["resourceVersion"]
+    models.patch("iris", {"metadata": {"labels": {"edited-by": "someone-else"}}})
+
+    with pytest.raises(kube.Conflict):
+        await api.patch_status(
+            kinds.MODEL_DEPLOYMENTS,
+            namespace,
+            "iris",
+            {"observedGeneration": 999},
+            resource_version=read_version,
+        )
+    assert api.writes["status"] == 1, "a patch for a stale version is not sent again"
+    live = await api.get(kinds.MODEL_DEPLOYMENTS, namespace, "iris")
+    assert live is not None
+    assert (live.get("status") or {}).get("observedGeneration") != 999

@@ -265,18 +265,31 @@ class KubeClient:
         return dict(body)
 
     async def patch_status(
-        self, kind: ResourceKind, namespace: str, name: str, patch: Mapping[str, Any]
+        self,
+        kind: ResourceKind,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> dict[str, Any] | None:
-        """A JSON merge patch on the status subresource; None if the object is gone."""
-        status, body = await self._request(
+        """A JSON merge patch on the status subresource; None if the object is gone.
+
+        With `resource_version`, the API server applies it only to that version of the object and
+        answers 409 otherwise: `Conflict` is raised at once (retrying the same patch cannot help)."""
+        body: dict[str, Any] = {"status": patch}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        status, answer = await self._request(
             "PATCH",
             kind.path(namespace, name, "status"),
             params={"fieldManager": naming.FIELD_MANAGER},
-            body={"status": patch},
+            body=body,
             content_type="application/merge-patch+json",
             write="status",
+            final=frozenset({409}) if resource_version is not None else frozenset(),
         )
-        return None if status == 404 else body
+        return None if status == 404 else answer
 
     async def patch_json(
         self, kind: ResourceKind, namespace: str, name: str, operations: list[dict[str, Any]]

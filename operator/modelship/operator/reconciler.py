@@ -58,7 +58,13 @@ class Writer(Protocol):
     async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]: ...
 
     async def patch_status(
-        self, kind: ResourceKind, namespace: str, name: str, patch: Mapping[str, Any]
+        self,
+        kind: ResourceKind,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> dict[str, Any] | None: ...
 
     async def delete(
@@ -344,7 +350,15 @@ class Reconciler:
             tally.skipped += 1
             return
         try:
-            result = await self._writer.patch_status(kinds.MODEL_DEPLOYMENTS, key[0], key[1], patch)
+            # The patch is a diff against the version this reconcile read: the API server applies it
+            # to that version only. The cache may not have seen a change yet (a deletion, someone
+            # else's status write); the change's own event asks for the reconcile that writes.
+            result = await self._writer.patch_status(
+                kinds.MODEL_DEPLOYMENTS, key[0], key[1], patch, resource_version=started_at
+            )
+        except kube.Conflict:
+            tally.skipped += 1
+            return
         except kube.ApiError as exc:
             if exc.status == 422:  # the CRD's schema refuses the status we computed: no retry fixes that
                 raise TerminalError(f"status of {key[0]}/{key[1]} refused: {exc}") from exc
