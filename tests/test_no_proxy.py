@@ -7,19 +7,19 @@ control cases show that a client reading the environment would indeed have faile
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests import loopback
 from tests.conftest import ROOT
 from tests.no_proxy import BOGUS_PROXY, PROXY_VARIABLES, drop_proxy_variables
 
@@ -45,45 +45,30 @@ def _bogus_environment() -> dict[str, str]:
     return env
 
 
+@dataclass
 class Recorder:
-    """A server on 127.0.0.1 that answers every GET and POST with `body` and records the paths."""
+    """A server on 127.0.0.1 that answers every GET and POST with one JSON body; the paths it was asked."""
 
-    def __init__(self, body: dict[str, object]) -> None:
-        self.paths: list[str] = []
-        recorder = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                recorder.paths.append(self.path)
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                # A watch gets an empty stream, which ends it at once.
-                data = b"" if "watch=" in self.path else json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    url: str
+    paths: list[str]
 
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
-    server = Recorder({"kind": "PodList", "items": [], "metadata": {"resourceVersion": "1"}})
-    yield server
-    server.close()
+    body = json.dumps({"kind": "PodList", "items": [], "metadata": {"resourceVersion": "1"}}).encode()
+    paths: list[str] = []
+
+    class Handler(loopback.Handler):
+        def _answer(self) -> None:
+            paths.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            # A watch gets an empty stream, which ends it at once.
+            self.reply(200, b"" if "watch=" in self.path else body, "application/json")
+
+        do_GET = do_POST = _answer
+
+    with loopback.serving(Handler) as url:
+        yield Recorder(url, paths)
 
 
 @pytest.mark.parametrize(

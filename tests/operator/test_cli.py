@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +13,8 @@ from modelship.operator import naming
 from modelship.operator.plugin import cli
 from modelship.operator.plugin.text import age, describe_step, format_rollout
 from modelship.operator.rollout import state
+
+from tests import loopback
 
 NOW = datetime(2026, 11, 23, 10, 1, 0, 250000, tzinfo=UTC)
 STABLE, CANARY = "7f3a9c01ab", "9b1c22de00"
@@ -488,26 +488,14 @@ def fake_api() -> Iterator[tuple[str, list[str]]]:
     """An API server on 127.0.0.1 (plain HTTP) with no ModelDeployments; the paths it was asked for."""
     asked: list[str] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(loopback.Handler):
         def do_GET(self) -> None:
             asked.append(self.path)
             body = json.dumps({"kind": "ModelDeploymentList", "items": [], "metadata": {}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, body, "application/json")
 
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", asked
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with loopback.serving(Handler) as url:
+        yield url, asked
 
 
 def test_an_api_server_on_loopback_is_reached_direct_whatever_the_proxy_variables_say(

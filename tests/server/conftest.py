@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import os
 import signal
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import loopback
 from tests.server import models
 from tests.support import wait_until
 
@@ -186,7 +186,7 @@ def model_host() -> Iterator[ModelHost]:
     hits: dict[str, int] = {}
     gates: dict[str, threading.Event] = {}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(loopback.Handler):
         def do_GET(self) -> None:
             hits[self.path] = hits.get(self.path, 0) + 1
             gate = gates.get(self.path)
@@ -194,9 +194,7 @@ def model_host() -> Iterator[ModelHost]:
                 gate.wait(timeout=60)
             if flaky.get(self.path, 0) > 0:
                 flaky[self.path] -= 1
-                self.send_response(503)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.reply(503)
                 return
             if self.path in truncated:
                 body = truncated[self.path]
@@ -209,24 +207,9 @@ def model_host() -> Iterator[ModelHost]:
                 return
             found = files.get(self.path)
             if found is None:
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(found)))
-            self.end_headers()
-            self.wfile.write(found)
+                self.reply(404)
+            else:
+                self.reply(200, found)
 
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield ModelHost(f"http://127.0.0.1:{httpd.server_address[1]}", files, truncated, flaky, hits, gates)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with loopback.serving(Handler) as url:
+        yield ModelHost(url, files, truncated, flaky, hits, gates)

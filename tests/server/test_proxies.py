@@ -7,8 +7,6 @@ proxy in the environment that is never there, so a request sent through it would
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from modelship.server import fetch, proxies
 from modelship.server.fetch import cache_path, fetch_model
 
+from tests import loopback
 from tests.no_proxy import BOGUS_PROXY, PROXY_VARIABLES
 from tests.server.conftest import ModelHost, StartServer
 
@@ -123,25 +122,13 @@ def forward_proxy() -> Iterator[tuple[str, list[str]]]:
     """A forward proxy on 127.0.0.1 that answers every request itself with DATA; the URLs it was asked."""
     asked: list[str] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(loopback.Handler):
         def do_GET(self) -> None:
             asked.append(self.path)  # an absolute URL: the request was sent to a proxy
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(DATA)))
-            self.end_headers()
-            self.wfile.write(DATA)
+            self.reply(200, DATA)
 
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", asked
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with loopback.serving(Handler) as url:
+        yield url, asked
 
 
 def test_the_fetcher_sends_each_request_where_proxy_for_says(
