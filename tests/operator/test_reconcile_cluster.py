@@ -34,6 +34,11 @@ def events(models: Models, name: str) -> list[tuple[str, str]]:
     return [(e.type, e.reason) for e in found]
 
 
+def wait_for_event(models: Models, name: str, type_: str, reason: str) -> None:
+    """Kopf posts events from a background queue, so one may land just after the write it tells of."""
+    wait_until(lambda: (type_, reason) in events(models, name), what=f"a {type_} {reason} event on {name}")
+
+
 def test_a_model_deployment_gets_its_children_and_becomes_ready(
     models: Models, kubectl: Callable[..., Any]
 ) -> None:
@@ -126,7 +131,7 @@ def test_autoscaling_brings_an_hpa_and_taking_it_away_removes_it(models: Models)
 
     wait_until(hpa_gone, what="the HPA to be deleted")
     assert models.wait_ready("iris")["status"]["readyText"] == "2/2"
-    assert ("Normal", "AutoscalerRemoved") in events(models, "iris")
+    wait_for_event(models, "iris", "Normal", "AutoscalerRemoved")
 
 
 def test_children_changed_or_deleted_by_hand_are_restored(models: Models) -> None:
@@ -158,7 +163,7 @@ def test_children_changed_or_deleted_by_hand_are_restored(models: Models) -> Non
         lambda: models.apps.read_namespaced_deployment(name, models.namespace), what="the Deployment back"
     )
     models.wait_ready("iris")
-    assert ("Normal", "DriftRepaired") in events(models, "iris")
+    wait_for_event(models, "iris", "Normal", "DriftRepaired")
 
 
 def test_deleting_a_model_deployment_deletes_its_children(models: Models) -> None:
@@ -192,7 +197,7 @@ def test_a_new_version_replaces_the_old_one_once_it_is_ready(models: Models) -> 
         lambda: [d.metadata.name for d in models.deployments("iris")] == [f"iris-{new_revision}"],
         what="the old revision to be retired",
     )
-    assert ("Normal", "RevisionRetired") in events(models, "iris")
+    wait_for_event(models, "iris", "Normal", "RevisionRetired")
     deployment = models.deployments("iris")[0]
     assert deployment.metadata.labels[naming.LABEL_VERSION] == "4"
 
@@ -256,7 +261,7 @@ def _fail_to_load(models: Models, pod: client.V1Pod, old: dict[str, Any]) -> Non
     assert body["status"]["model"] == old
     old_deployment = models.apps.read_namespaced_deployment(f"iris-{old['revision']}", models.namespace)
     assert old_deployment.status.ready_replicas == 1
-    assert ("Warning", "ModelLoadFailed") in events(models, "iris")
+    wait_for_event(models, "iris", "Warning", "ModelLoadFailed")
 
 
 def test_a_deployment_that_cannot_create_pods_is_degraded_with_the_reason(models: Models) -> None:
