@@ -30,12 +30,19 @@ def rev(name: str, *, wanted: int, ready: int) -> RevisionState:
 
 
 class World:
-    """A ModelDeployment's revisions that do what the step function asks, a tick at a time."""
+    """A ModelDeployment's revisions that do what the step function asks, a tick at a time.
 
-    def __init__(self, rollout: RolloutSpec, size: int = 4, *, routed: bool = False) -> None:
+    As on a cluster, a Deployment's status lags its spec: a resize is seen with the old ready
+    count until the Deployment controller observes it, at the start of a later tick
+    (`observe=False` holds that back for a tick); then `grow` more pods are ready."""
+
+    def __init__(
+        self, rollout: RolloutSpec, size: int = 4, *, routed: bool = False, autoscaled: bool = False
+    ) -> None:
         self.rollout = rollout
         self.size = size
         self.routed = routed
+        self.autoscaled = autoscaled
         self.now = T0
         self.revisions: dict[str, RevisionState] = {"old": rev("old", wanted=size, ready=size)}
         self.state = RolloutState(stable="old", stable_version="old")
@@ -44,8 +51,22 @@ class World:
         self.action: str | None = None
         self.verdict = PASS
         self.outcomes: list[StepResult] = []
+        self.stable_pods_created = 0  # pods a Deployment of the stable revision gained
 
-    def tick(self, seconds: float = 1.0, *, grow: int = 100) -> StepResult:
+    def observe(self, grow: int) -> None:
+        """The Deployment controller: every resize is observed, and `grow` more pods come up."""
+        for name, before in list(self.revisions.items()):
+            wanted = before.spec_replicas
+            ready = min(wanted, before.ready_replicas + grow) if wanted >= before.ready_replicas else wanted
+            if name == self.target and self.failure is not None:
+                ready = 0
+            self.revisions[name] = dataclasses.replace(
+                before, replicas=wanted, ready_replicas=ready, available_replicas=ready, observed_current=True
+            )
+
+    def tick(self, seconds: float = 1.0, *, grow: int = 100, observe: bool = True) -> StepResult:
+        if observe:
+            self.observe(grow)
         measurement = None
         if steps.analysis_due(self.rollout, self.state, self.target, INTERVAL, self.now):
             measurement = Verdict(self.verdict, f"success-rate {self.verdict}")
@@ -54,6 +75,7 @@ class World:
             target_version=self.target,
             revisions=dict(self.revisions),
             size=self.size,
+            autoscaled=self.autoscaled,
             target_failure=self.failure,
             measurement=measurement,
             action=self.action,
@@ -68,11 +90,16 @@ class World:
             if replicas is None:
                 continue
             before = self.revisions.get(name)
-            ready = before.ready_replicas if before is not None else 0
-            ready = min(replicas, ready + grow) if replicas >= ready else replicas
-            if name == self.target and self.failure is not None:
-                ready = 0
-            self.revisions[name] = rev(name, wanted=replicas, ready=ready)
+            if before is None:
+                self.revisions[name] = dataclasses.replace(
+                    rev(name, wanted=replicas, ready=0), replicas=0, observed_current=False
+                )
+            elif before.spec_replicas != replicas:
+                if name == outcome.stable and replicas > before.spec_replicas:
+                    self.stable_pods_created += replicas - before.spec_replicas
+                self.revisions[name] = dataclasses.replace(
+                    before, spec_replicas=replicas, observed_current=False
+                )
         for name in outcome.retire:
             self.revisions.pop(name, None)
         if outcome.clear_action:
@@ -188,7 +215,7 @@ def test_promote_full_skips_every_step_but_still_waits_for_the_pods() -> None:
     outcome = world.tick(grow=0)
     assert outcome.state.step == len(STEPS) and outcome.replicas["new"] == 4
     assert outcome.stable == "old"
-    assert world.tick().stable == "old"  # its pods became ready in that tick
+    assert world.tick(grow=3).stable == "old"  # 3 of its 4 pods are ready
     assert world.tick().stable == "new"
 
 
@@ -246,6 +273,27 @@ def test_replica_arithmetic() -> None:
     assert steps.stable_replicas(10, 25, canary_ready=0) == 10
     assert steps.stable_replicas(10, 25, canary_ready=3) == 8
     assert steps.stable_replicas(1, 50, canary_ready=1) == 1
+    # Never above its current size, except to its own share.
+    assert steps.stable_replicas(4, 50, canary_ready=0, current=3) == 3
+    assert steps.stable_replicas(4, 25, canary_ready=1, current=2) == 3
+
+
+def test_a_growing_canary_never_grows_the_stable_revision() -> None:
+    """Issue #31: the stable revision went 3 -> 4 -> 3 and 2 -> 4 -> 2 whenever a step grew the
+    canary, because the canary's resize, not yet observed, counted none of its ready pods."""
+    world = World(RolloutSpec(steps=(Step(set_weight=25), Step(set_weight=50), Step(set_weight=75))))
+    stable_sizes = [world.revisions["old"].spec_replicas]
+    for _ in range(40):
+        # The Deployment controller observes each write one tick late, as it does on a cluster.
+        outcome = world.tick(observe=len(world.outcomes) % 2 == 0, grow=1)
+        size = outcome.replicas.get("old")
+        if size is not None and size != stable_sizes[-1]:
+            stable_sizes.append(size)
+        if outcome.stable == "new":
+            break
+    assert stable_sizes == [4, 3, 2, 1], stable_sizes
+    assert world.stable_pods_created == 0
+    assert world.state.stable == "new"
 
 
 def test_actions_are_read_from_the_annotation() -> None:
@@ -263,12 +311,18 @@ step_strategy = st.one_of(
     st.just(Step(pause=math.inf)),
     st.just(Step(analysis=True)),
 )
+# (kind, value, pods that come up, whether the Deployment controller observes before the tick)
 event = st.one_of(
-    st.tuples(st.just("tick"), st.integers(0, 15), st.integers(0, 3)),
-    st.tuples(st.just("verdict"), st.sampled_from([PASS, FAIL, INCONCLUSIVE]), st.just(0)),
-    st.tuples(st.just("action"), st.sampled_from(["promote", "promote-full", "abort", "retry"]), st.just(0)),
-    st.tuples(st.just("fail"), st.just(""), st.just(0)),
-    st.tuples(st.just("restart"), st.just(""), st.just(0)),
+    st.tuples(st.just("tick"), st.integers(0, 15), st.integers(0, 3), st.booleans()),
+    st.tuples(st.just("verdict"), st.sampled_from([PASS, FAIL, INCONCLUSIVE]), st.just(0), st.just(True)),
+    st.tuples(
+        st.just("action"),
+        st.sampled_from(["promote", "promote-full", "abort", "retry"]),
+        st.just(0),
+        st.just(True),
+    ),
+    st.tuples(st.just("fail"), st.just(""), st.just(0), st.just(True)),
+    st.tuples(st.just("restart"), st.just(""), st.just(0), st.just(True)),
 )
 
 
@@ -302,6 +356,31 @@ def check_invariants(world: World, outcome: StepResult, previous: RolloutState) 
         assert name not in replicas
 
 
+def check_no_churn(world: World, outcome: StepResult, prior: StepResult | None) -> None:
+    """Issue #31: within one canary that is not aborted, the stable revision never grows (but to
+    the share a step that lowers the weight gives back to it), and never has more than N pods:
+    both revisions together have at most N plus the canary's pods of the step."""
+    size, stable = world.size, outcome.stable
+    if prior is None or outcome.abort is not None or prior.abort is not None:
+        return
+    if outcome.canary is None or outcome.canary != prior.canary or stable != prior.stable or stable is None:
+        return
+    want, before = outcome.replicas.get(stable), prior.replicas.get(stable)
+    if world.autoscaled:
+        assert want is None, "the operator sized the stable revision the HPA sizes"
+    else:
+        assert want is not None and before is not None
+        walk = world.rollout.steps
+        last = next((s.set_weight for s in reversed(walk) if s.set_weight is not None), 0)
+        w = outcome.weight if outcome.state.step < len(walk) else last
+        share = math.ceil(size * (100 - min(w, 100)) / 100)
+        assert want <= max(before, share), f"the stable revision grew from {before} to {want}"
+        assert want <= size
+    canary_want = outcome.replicas.get(world.target) or 0
+    in_steps = outcome.state.step < len(world.rollout.steps)
+    assert canary_want == (steps.canary_replicas(size, outcome.weight) if in_steps else size)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     steps=st.lists(step_strategy, max_size=6),
@@ -310,12 +389,12 @@ def check_invariants(world: World, outcome: StepResult, previous: RolloutState) 
     analysed=st.booleans(),
 )
 def test_invariants_hold_over_any_history(
-    steps: list[Step], size: int, events: list[tuple[str, str | int, int]], analysed: bool
+    steps: list[Step], size: int, events: list[tuple[str, str | int, int, bool]], analysed: bool
 ) -> None:
     rollout = RolloutSpec(steps=tuple(steps), analysis={"interval": "10s"} if analysed else None)
     world = World(rollout, size=size)
     nonce = 0
-    for kind, value, grow in events:
+    for kind, value, grow, observe in events:
         previous = world.state
         if kind == "tick":
             pause_step = (
@@ -324,8 +403,10 @@ def test_invariants_hold_over_any_history(
                 and steps[previous.step].pause is not None
             )
             had_action = world.action is not None
-            outcome = world.tick(float(value), grow=grow)
+            prior = world.outcomes[-1] if world.outcomes else None
+            outcome = world.tick(float(value), grow=grow, observe=observe)
             check_invariants(world, outcome, previous)
+            check_no_churn(world, outcome, prior)
             # A timed pause is never left before its time, unless a person promoted it.
             if pause_step and outcome.state.step > previous.step and previous.step_started is not None:
                 pause = steps[previous.step].pause
@@ -341,6 +422,24 @@ def test_invariants_hold_over_any_history(
         elif kind == "restart":
             status = {"rollout": world.state.to_status(rollout)}
             world.state = RolloutState.from_status(status)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(step_strategy, max_size=6),
+    size=st.integers(1, 6),
+    ticks=st.lists(st.tuples(st.integers(0, 15), st.integers(0, 3), st.booleans()), max_size=40),
+)
+def test_an_autoscaled_canary_never_sizes_the_stable_revision(
+    steps: list[Step], size: int, ticks: list[tuple[int, int, bool]]
+) -> None:
+    """The HPA sizes the stable revision (N is its size); the canary gets its share of N."""
+    world = World(RolloutSpec(steps=tuple(steps)), size=size, autoscaled=True)
+    for seconds, grow, observe in ticks:
+        prior = world.outcomes[-1] if world.outcomes else None
+        outcome = world.tick(float(seconds), grow=grow, observe=observe)
+        check_no_churn(world, outcome, prior)
+    assert world.stable_pods_created == 0
 
 
 def test_status_round_trip_keeps_the_state() -> None:

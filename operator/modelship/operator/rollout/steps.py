@@ -10,8 +10,12 @@ Argo's `pauseContext`): the manual action not yet used, what it did, and when to
 Traffic without a mesh is split by ready pods behind one Service, so the weight is
 approximate: the canary gets ceil(N*w/100) pods and the stable revision keeps at least its
 own share, ceil(N*(100-w)/100), and never shrinks before canary pods are ready to take over
-(so the serving capacity never drops below N). With a Gateway API HTTPRoute the weight is
-exact and the stable revision keeps all N pods.
+(so the serving capacity never drops below N while the canary's pods come up). The surge is
+the canary's own pods: the stable revision never has more than N, and while one canary rolls
+out it never grows, except to the share a step that lowers the weight gives back to it. Every
+stable pod created mid-rollout would be deleted again a moment later, and with real models
+(minutes to load, GPUs, a ResourceQuota) that costs more than the pod it covers. With a
+Gateway API HTTPRoute the weight is exact and the stable revision keeps all N pods.
 """
 
 from __future__ import annotations
@@ -108,11 +112,14 @@ def canary_replicas(size: int, weight: int) -> int:
     return min(size, max(1, math.ceil(size * weight / 100)))
 
 
-def stable_replicas(size: int, weight: int, canary_ready: int) -> int:
-    """At least the stable revision's share, and no fewer than the canary cannot yet replace."""
+def stable_replicas(size: int, weight: int, canary_ready: int, current: int | None = None) -> int:
+    """At least the stable revision's share, and no fewer than the canary cannot yet replace;
+    but never more than the `current` size of its Deployment beyond that share (a canary pod
+    that stops being ready is not covered by a new stable pod: see the module's docstring)."""
     share = math.ceil(size * (100 - weight) / 100)
     covered = min(canary_ready, canary_replicas(size, weight))
-    return max(share, size - covered)
+    uncovered = size - covered if current is None else min(size - covered, current)
+    return max(share, uncovered)
 
 
 def analysis_due(rollout: RolloutSpec, state: RolloutState, target: str, interval: float, now: float) -> bool:
@@ -376,7 +383,8 @@ def _sized(
     elif inputs.routed:
         replicas[stable] = size
     else:
-        replicas[stable] = stable_replicas(size, stable_weight, min(canary_ready, canary_want))
+        current = live[stable].spec_replicas if stable in live else None
+        replicas[stable] = stable_replicas(size, stable_weight, min(canary_ready, canary_want), current)
     return StepResult(
         state=state,
         replicas=replicas,
@@ -390,8 +398,11 @@ def _sized(
 
 
 def _ready(canary: RevisionState | None) -> int:
-    """Ready canary pods on its current spec (a resize not yet seen counts none)."""
-    return canary.ready_replicas if canary is not None and canary.observed_current else 0
+    """Ready canary pods, as last observed. A resize the Deployment controller has not observed
+    yet leaves them ready: counting none then would grow the stable revision to full size for
+    that moment and shrink it again (issue #31). The canary's template never changes within a
+    rollout (a new template is a new revision), so its ready pods serve its model."""
+    return canary.ready_replicas if canary is not None else 0
 
 
 def _serves_alone(canary: RevisionState | None, size: int) -> bool:
