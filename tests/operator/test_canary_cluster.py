@@ -10,6 +10,7 @@ cluster, and acts on what it measures.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from modelship.operator import naming
 from tests.operator import canary_models
 from tests.operator.conftest import OperatorProcess
 from tests.operator.models import Models, failed_model_fetch_status, model_spec
+from tests.operator.revision_watch import watching_revision
 from tests.support import wait_until
 
 if TYPE_CHECKING:  # imported by pytest_plugins, where pytest rewrites its asserts
@@ -81,6 +83,10 @@ def replicas(models: Models, name: str) -> dict[str, int]:
         for d in models.deployments(name)
         if d.metadata.deletion_timestamp is None
     }
+
+
+def event_reasons(models: Models) -> set[str]:
+    return {e.reason for e in models.core.list_namespaced_event(models.namespace).items}
 
 
 def plugin(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -143,8 +149,38 @@ def test_a_good_canary_is_promoted_through_every_step(
     # The old revision goes after scaleDownDelaySeconds.
     wait_until(lambda: stable not in replicas(models, "good"), what="the old revision to be retired")
     assert replicas(models, "good") == {canary: 4}
-    reasons = {e.reason for e in models.core.list_namespaced_event(models.namespace).items}
-    assert {"CanaryStarted", "CanaryStep", "Promoted", "RevisionRetired"} <= reasons, reasons
+    told = {"CanaryStarted", "CanaryStep", "Promoted", "RevisionRetired"}
+    # Kopf posts events from a background queue, after the write they tell of.
+    wait_until(lambda: told <= event_reasons(models), what=f"events {sorted(told)}")
+
+
+def test_a_growing_canary_never_grows_the_stable_revision(models: Models, k8s_api: client.ApiClient) -> None:
+    """Issue #31, watched from outside: every size the stable Deployment is written with through
+    a full canary never goes up, and its ReplicaSets create no pod; one RevisionUpdated per size."""
+    steps = [{"setWeight": 25}, {"setWeight": 50}, {"pause": {"duration": 1}}, {"setWeight": 75}]
+    models.create("steady", model_spec(version="1", replicas=4, rollout=rollout_spec(steps, analysis=False)))
+    stable = models.wait_ready("steady")["status"]["model"]["revision"]
+    with watching_revision(k8s_api, models.namespace, "steady", stable) as history:
+        models.patch("steady", {"spec": {"model": model_spec(version="2")["model"]}})
+        wait_promoted(models, "steady", "2")
+        wait_until(lambda: stable not in replicas(models, "steady"), what="the old revision to be retired")
+    assert not history.errors, history.errors
+    # 4, then 3 once the 25% canary pod is ready, 2 at 50%, 1 at 75%; then deleted.
+    assert history.sizes == [4, 3, 2, 1], history.sizes
+    assert history.pods_created == [], history.pods_created
+
+    deployment = naming.deployment_name("steady", stable)
+
+    def stable_updates() -> list[str] | None:
+        found = [
+            e.message
+            for e in models.core.list_namespaced_event(models.namespace).items
+            if e.reason == "RevisionUpdated" and f"Deployment {deployment} " in e.message
+        ]
+        return found if len(found) >= 3 else None
+
+    updates = wait_until(stable_updates, what="the stable revision's RevisionUpdated events")
+    assert sorted(re.findall(r"(\d+) replicas", " ".join(updates))) == ["1", "2", "3"], updates
 
 
 def test_a_canary_that_returns_errors_is_rolled_back_within_interval_times_failure_limit(
@@ -295,10 +331,15 @@ def test_recreate_deletes_the_old_revision_before_the_new_one_serves(models: Mod
     models.patch("recreate", {"spec": {"model": model_spec(version="2")["model"]}})
     new = wait_promoted(models, "recreate", "2")["model"]["revision"]
     assert new != old and replicas(models, "recreate") == {new: 2}
-    retired = [
-        e for e in models.core.list_namespaced_event(models.namespace).items if e.reason == "RevisionRetired"
-    ]
-    assert retired and "replaced by version 2 (revision" in retired[0].message
+    retired = wait_until(
+        lambda: [
+            e
+            for e in models.core.list_namespaced_event(models.namespace).items
+            if e.reason == "RevisionRetired"
+        ],
+        what="a RevisionRetired event",
+    )
+    assert "replaced by version 2 (revision" in retired[0].message
 
 
 def test_canary_settings_with_recreate_are_refused_when_applied(models: Models) -> None:

@@ -26,6 +26,7 @@ from tests.conftest import ROOT
 from tests.keepalive_load import KeepAliveLoad, wrk_load, wrk_result
 from tests.operator.conftest import OperatorProcess
 from tests.operator.models import Models
+from tests.operator.revision_watch import watching_revision
 from tests.real_node import ready_real_node, routed_into_node
 from tests.support import wait_until
 
@@ -64,10 +65,14 @@ def _pods_gone(models: Models, names: set[str]) -> Callable[[], bool]:
     return lambda: not names & {p.metadata.name for p in models.pods(NAME)}
 
 
-def test_a_full_canary_rollout_loses_no_request_of_keep_alive_clients(serving: tuple[Models, str]) -> None:
+def test_a_full_canary_rollout_loses_no_request_of_keep_alive_clients(
+    serving: tuple[Models, str], k8s_api: client.ApiClient
+) -> None:
     models, url = serving
     before = {p.metadata.name for p in models.pods(NAME)}
-    with KeepAliveLoad(url, REQUEST, connections=4, pooled=4) as load:
+    stable = models.get(NAME)["status"]["model"]["revision"]
+    watched = watching_revision(k8s_api, models.namespace, NAME, stable)
+    with watched as history, KeepAliveLoad(url, REQUEST, connections=4, pooled=4) as load:
         # A failed request ends a wait at once: the load exists to prove that none fails.
         wait_until(lambda: load.result.ok >= 50 or load.result.failed, timeout=30, what="the load to run")
         assert load.result.failed == 0, f"before the rollout: {load.result}"
@@ -97,6 +102,11 @@ def test_a_full_canary_rollout_loses_no_request_of_keep_alive_clients(serving: t
         )
     result = load.result
     assert result.failed == 0, f"during the rollout: {result}"
+    # Issue #31: the stable revision only shrinks (2, then 1 once the canary pod is ready) and
+    # starts no pod, also when the canary grows to its full size after the last step.
+    assert not history.errors, history.errors
+    assert history.sizes == [2, 1], history.sizes
+    assert history.pods_created == [], history.pods_created
     assert result.sent > 500, result
     assert result.reconnects > 0, f"no client was ever told to reconnect: {result}"
 
