@@ -38,6 +38,8 @@ class MemoryApi:
         self.status_fails_with: kube.ApiError | None = None
         self.edit_during_apply = False
         self.edit_unseen_during_apply = False
+        # versions the watch delivered after a reconcile read the cache, by (kind, name)
+        self.arrived: dict[tuple[str, str], str] = {}
 
     def _bump(self) -> str:
         self.version += 1
@@ -107,6 +109,12 @@ class MemoryApi:
 
         return Children.from_kinds({kind: of(kind) for kind in kinds.CHILD_KINDS})
 
+    def version_of(self, key: tuple[str, str], kind: str, name: str) -> str | None:
+        if (kind, name) in self.arrived:
+            return self.arrived[(kind, name)]
+        body = self.cached.get((kind, name))
+        return body["metadata"]["resourceVersion"] if body is not None else None
+
 
 @pytest.fixture
 def api() -> MemoryApi:
@@ -154,6 +162,26 @@ async def test_a_deployment_deleted_by_hand_is_restored(
     await reconciler.reconcile(KEY)
     assert api.writes["apply"] == 3
     assert events[-1][1] == "RevisionCreated"
+
+
+async def test_a_child_that_changed_after_the_reconcile_read_it_is_left_to_the_next_one(
+    api: MemoryApi, reconciler: Reconciler, events: list[tuple[str, str, str]]
+) -> None:
+    await reconciler.reconcile(KEY)
+    api.sync(reconciler)
+    for body in (api.md, api.cached_md):
+        body["spec"]["replicas"] = 3
+    deployment = next(name for kind, name in api.objects if kind == "Deployment")
+    # Its watch event (our own last write, or the controller's status) arrived while this
+    # reconcile decided from the older copy: a resize decided from that copy is not written.
+    api.arrived[("Deployment", deployment)] = "999"
+    await reconciler.reconcile(KEY)
+    assert api.writes["apply"] == 2
+    api.arrived.clear()
+    api.sync(reconciler)
+    await reconciler.reconcile(KEY)
+    assert api.writes["apply"] == 3
+    assert [reason for _, reason, _ in events].count("RevisionUpdated") == 1
 
 
 async def test_a_status_computed_from_an_object_that_changed_meanwhile_is_not_written(

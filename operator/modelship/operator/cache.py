@@ -254,6 +254,11 @@ class ObjectCache:
         entry = self._entries[MODEL_DEPLOYMENT].get(key, {}).get(key[1])
         return unpack(entry.packed) if entry is not None else None
 
+    def version_of(self, key: Key, kind: str, name: str) -> str | None:
+        """The resourceVersion the cache holds of one child of `key` now (None: none held)."""
+        entry = self._entries[kind].get(key, {}).get(name)
+        return entry.version if entry is not None else None
+
     def children(self, key: Key) -> Children:
         def of(kind: str) -> list[dict[str, Any]]:
             return [unpack(entry.packed) for entry in self._entries[kind].get(key, {}).values()]

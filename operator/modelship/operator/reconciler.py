@@ -47,6 +47,8 @@ class Cache(Protocol):
 
     def children(self, key: Key) -> Children: ...
 
+    def version_of(self, key: Key, kind: str, name: str) -> str | None: ...
+
 
 class EventSink(Protocol):
     def __call__(self, md: spec.ModelDeployment, type: str, reason: str, message: str) -> None: ...
@@ -238,9 +240,17 @@ class Reconciler:
         tally.actions.append("action handled")
 
     def _awaiting_own_write(self, ref: tuple[Key, str, str], children: Children, tally: Tally) -> bool:
-        """The cache has not yet shown our last write of this child: writing again would repeat it."""
-        live = bodies.by_name(children.of(ref[1]), ref[2])
-        if self._expectations.pending(ref, bodies.resource_version(live)):
+        """Whether a write of this child, decided from `children`, must wait for the next reconcile.
+
+        Either the cache has not yet shown our last write of it (writing again would repeat it),
+        or it has changed since this reconcile read it: the writes start as tasks after the
+        decision, and a watch event handled in between (our previous write of it arriving) both
+        settles the expectation and makes the decision stale, which wrote a resize twice, with
+        two RevisionUpdated Events (issue #31). That event has asked for another reconcile.
+        """
+        key, kind, name = ref
+        seen = bodies.resource_version(bodies.by_name(children.of(kind), name))
+        if self._cache.version_of(key, kind, name) != seen or self._expectations.pending(ref, seen):
             tally.skipped += 1
             return True
         return False
@@ -262,7 +272,11 @@ class Reconciler:
             )
             return
         tally.writes += 1
-        tally.actions.append(f"apply {action.kind}/{action.name} ({action.difference.value})")
+        size = (
+            action.manifest.get("spec", {}).get("replicas") if action.kind == kinds.DEPLOYMENTS.kind else None
+        )
+        scaled = f" to {size}" if size is not None else ""
+        tally.actions.append(f"apply {action.kind}/{action.name} ({action.difference.value}){scaled}")
         self._expectations.expect(ref, bodies.resource_version(result))
         event = _apply_event(md, action)
         if event is not None:
