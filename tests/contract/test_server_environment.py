@@ -42,6 +42,9 @@ class Case:
     max_batch_size: int
     max_delay_ms: float
     auth: bool = False
+    # None: not set by the operator, the server's default applies.
+    max_connection_requests: int | None = None
+    max_connection_age_seconds: float | None = None
 
 
 HTTPS = "https://models.example.com/iris/3/model.onnx"
@@ -72,6 +75,40 @@ CASES = {
         3,
         1,
         0.0,
+    ),
+    "connection-limits": Case(
+        md_body(
+            server={
+                "batching": {"maxBatchSize": 32, "maxDelayMs": 5},
+                "connections": {"maxRequests": 250, "maxAge": "1m30s"},
+            }
+        ),
+        "iris",
+        "3",
+        HTTPS,
+        SHA,
+        1,
+        32,
+        5.0,
+        max_connection_requests=250,
+        max_connection_age_seconds=90.0,
+    ),
+    "no-request-limit-and-an-age-in-ms": Case(
+        md_body(
+            server={
+                "batching": {"maxBatchSize": 32, "maxDelayMs": 5},
+                "connections": {"maxRequests": 0, "maxAge": "500ms"},
+            }
+        ),
+        "iris",
+        "3",
+        HTTPS,
+        SHA,
+        1,
+        32,
+        5.0,
+        max_connection_requests=0,
+        max_connection_age_seconds=0.5,
     ),
     "threads-from-the-cpu-limit": Case(
         md_body(resources={"requests": {"cpu": "1"}, "limits": {"cpu": "2500m", "memory": "1Gi"}}),
@@ -209,6 +246,12 @@ def test_the_server_gets_what_the_spec_asked_for(case: Case) -> None:
         assert settings.threads == config.default_threads()
     else:
         assert settings.threads == case.threads
+    expected_requests = case.max_connection_requests
+    expected_age = case.max_connection_age_seconds
+    assert (settings.max_connection_requests, settings.max_connection_age_seconds) == (
+        config.DEFAULT_MAX_CONNECTION_REQUESTS if expected_requests is None else expected_requests,
+        config.DEFAULT_MAX_CONNECTION_AGE_SECONDS if expected_age is None else expected_age,
+    )
     # The port the server listens on is the one its probes, its named port and the Service target.
     assert settings.port == naming.SERVER_PORT
     assert server["ports"] == [{"name": "http", "containerPort": settings.port, "protocol": "TCP"}]

@@ -60,6 +60,9 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
         body(resources={"requests": {"cpu": 1, "memory": "1Gi"}, "limits": {"cpu": "1500m"}}),
     ),
     ("server-settings", body(server={"threads": 4, "batching": {"maxBatchSize": 1, "maxDelayMs": 0}})),
+    ("connection-limits", body(server={"connections": {"maxRequests": 0, "maxAge": "1m30s"}})),
+    ("connection-limits-as-numbers", body(server={"connections": {"maxRequests": 10_000_000, "maxAge": 0}})),
+    ("connection-age-in-milliseconds", body(server={"connections": {"maxAge": "500ms"}})),
     ("auth-secret-with-default-key", body(server={"authSecretRef": {"name": "iris-token"}})),
     (
         "user-env",
@@ -228,6 +231,36 @@ BAD: list[Any] = [
         body(server={"batching": {"maxDelayMs": 5000}}),
         "spec.server.batching.maxDelayMs: 5000 is greater than the maximum of 1000",
         id="long-batch-delay",
+    ),
+    pytest.param(
+        body(server={"connections": {"maxRequests": -1}}),
+        "spec.server.connections.maxRequests: -1 is less than the minimum of 0",
+        id="negative-connection-requests",
+    ),
+    pytest.param(
+        body(server={"connections": {"maxRequests": 10_000_001}}),
+        "spec.server.connections.maxRequests: 10000001 is greater than the maximum of 10000000",
+        id="too-many-connection-requests",
+    ),
+    pytest.param(
+        body(server={"connections": {"maxRequests": "1000"}}),
+        "spec.server.connections.maxRequests: '1000' is not of type 'integer'",
+        id="connection-requests-as-text",
+    ),
+    pytest.param(
+        body(server={"connections": {"maxAge": -1}}),
+        "a connection's maxAge is a number of seconds or text such as 10s",
+        id="negative-connection-age",
+    ),
+    pytest.param(
+        body(server={"connections": {"maxAge": "a while"}}),
+        "a connection's maxAge is a number of seconds or text such as 10s",
+        id="connection-age-not-a-duration",
+    ),
+    pytest.param(
+        body(server={"connections": {"maxAge": 2.5}}),
+        "2.5 is not valid under any of the given schemas",
+        id="fractional-connection-age-number",
     ),
     pytest.param(
         body(server={"authSecretRef": {"key": "token"}}),

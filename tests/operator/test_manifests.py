@@ -34,6 +34,7 @@ def test_the_revision_is_stable_and_names_the_deployment() -> None:
         {"model": {"sha256": "0" * 64}},
         {"server": {"image": "other:1"}},
         {"server": {"batching": {"maxBatchSize": 8, "maxDelayMs": 5}}},
+        {"server": {"batching": {"maxBatchSize": 32, "maxDelayMs": 5}, "connections": {"maxRequests": 0}}},
         {"resources": {"requests": {"cpu": "2"}}},
         {"nodeSelector": {"pool": "gpu"}},
         {"env": [{"name": "HTTPS_PROXY", "value": "http://proxy"}]},
@@ -68,6 +69,36 @@ def test_the_server_is_configured_through_its_environment() -> None:
     init = revision.template["spec"]["initContainers"][0]
     assert init["args"] == ["fetch"]
     assert env_of(init) == env
+
+
+def _with_connections(**fields: Any) -> manifests.Revision:
+    return revision_of(server={"batching": {"maxBatchSize": 32, "maxDelayMs": 5}, "connections": fields})
+
+
+def test_connection_limits_reach_the_environment_only_when_set() -> None:
+    # Unset, the server's own defaults apply, and the pod template of an existing ModelDeployment (its
+    # revision hash) stays what it was before the fields existed.
+    for revision in (revision_of(), _with_connections()):
+        names = set(env_of(revision.template["spec"]["containers"][0]))
+        assert not names & {"MODELSHIP_MAX_CONNECTION_REQUESTS", "MODELSHIP_MAX_CONNECTION_AGE_SECONDS"}
+    assert _with_connections().revision == revision_of().revision
+    env = env_of(_with_connections(maxRequests=250).template["spec"]["containers"][0])
+    assert env["MODELSHIP_MAX_CONNECTION_REQUESTS"] == "250"
+    assert "MODELSHIP_MAX_CONNECTION_AGE_SECONDS" not in env
+    env = env_of(_with_connections(maxAge="1m30s").template["spec"]["containers"][0])
+    assert env["MODELSHIP_MAX_CONNECTION_AGE_SECONDS"] == "90"
+    assert "MODELSHIP_MAX_CONNECTION_REQUESTS" not in env
+
+
+@pytest.mark.parametrize(("max_age", "value"), [("500ms", "0.5"), ("0s", "0"), (0, "0"), ("2m", "120")])
+def test_a_max_age_is_written_as_plain_seconds(max_age: Any, value: str) -> None:
+    env = env_of(_with_connections(maxAge=max_age).template["spec"]["containers"][0])
+    assert env["MODELSHIP_MAX_CONNECTION_AGE_SECONDS"] == value
+
+
+def test_zero_max_requests_is_passed_on_as_no_limit() -> None:
+    env = env_of(_with_connections(maxRequests=0).template["spec"]["containers"][0])
+    assert env["MODELSHIP_MAX_CONNECTION_REQUESTS"] == "0"
 
 
 def test_user_env_follows_the_operators_own() -> None:

@@ -33,3 +33,40 @@ def test_a_model_without_version_or_uri_is_refused() -> None:
     del body["spec"]["model"]["uri"]
     with pytest.raises(spec.SpecError):
         spec.parse(body)
+
+
+def _connections(**fields: object) -> spec.ServerSettings:
+    batching = {"maxBatchSize": 32, "maxDelayMs": 5}
+    return spec.parse(md_body(server={"batching": batching, "connections": fields})).server
+
+
+def test_connection_limits_left_out_are_none_so_the_servers_defaults_apply() -> None:
+    server = spec.parse(md_body()).server
+    assert (server.max_connection_requests, server.max_connection_age) == (None, None)
+    assert (_connections().max_connection_requests, _connections().max_connection_age) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("max_age", "seconds"), [("1m30s", 90.0), (45, 45.0), ("500ms", 0.5), (0, 0.0), ("0s", 0.0)]
+)
+def test_a_connections_max_age_is_a_duration_in_seconds(max_age: object, seconds: float) -> None:
+    assert _connections(maxAge=max_age).max_connection_age == seconds
+
+
+def test_a_connections_max_requests_is_read_as_written_and_zero_stays_zero() -> None:
+    assert _connections(maxRequests=250).max_connection_requests == 250
+    assert _connections(maxRequests=0).max_connection_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"maxRequests": -1}, "spec.server.connections.maxRequests"),
+        ({"maxRequests": 10_000_001}, "spec.server.connections.maxRequests"),
+        ({"maxAge": -1}, "spec.server.connections.maxAge"),
+        ({"maxAge": "soon"}, "spec.server.connections.maxAge"),
+    ],
+)
+def test_bad_connection_limits_are_refused_naming_the_field(fields: dict[str, object], path: str) -> None:
+    with pytest.raises(spec.SpecError, match=path):
+        _connections(**fields)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from modelship.server.config import ConfigError, default_threads, load_settings, parse_cpu_max
+from modelship.server.config import (
+    DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    DEFAULT_MAX_CONNECTION_REQUESTS,
+    ConfigError,
+    default_threads,
+    load_settings,
+    parse_cpu_max,
+)
 
 BASE = {"MODELSHIP_MODEL_NAME": "m", "MODELSHIP_MODEL_URI": "/models/m.onnx"}
 
@@ -27,6 +34,8 @@ def test_environment_fills_every_setting() -> None:
         "MODELSHIP_MAX_REQUEST_BYTES": "2000",
         "MODELSHIP_GRACE_PERIOD_SECONDS": "5",
         "MODELSHIP_FETCH_ATTEMPTS": "2",
+        "MODELSHIP_MAX_CONNECTION_REQUESTS": "50",
+        "MODELSHIP_MAX_CONNECTION_AGE_SECONDS": "2.5",
     }
     s = load_settings([], env)
     assert (s.model_name, s.model_version, s.model_uri) == ("m", "7", "/models/m.onnx")
@@ -44,7 +53,20 @@ def test_environment_fills_every_setting() -> None:
         5,
         2,
     )
+    assert (s.max_connection_requests, s.max_connection_age_seconds) == (50, 2.5)
     assert s.command == "serve" and s.batching_enabled
+
+
+def test_connections_are_bounded_by_default_and_zero_turns_a_bound_off() -> None:
+    s = load_settings([], BASE)
+    assert (s.max_connection_requests, s.max_connection_age_seconds) == (
+        DEFAULT_MAX_CONNECTION_REQUESTS,
+        DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    )
+    assert DEFAULT_MAX_CONNECTION_REQUESTS > 0 and DEFAULT_MAX_CONNECTION_AGE_SECONDS > 0
+    off = {**BASE, "MODELSHIP_MAX_CONNECTION_REQUESTS": "0", "MODELSHIP_MAX_CONNECTION_AGE_SECONDS": "0"}
+    s = load_settings([], off)
+    assert (s.max_connection_requests, s.max_connection_age_seconds) == (0, 0.0)
 
 
 def test_flags_win_over_the_environment() -> None:
@@ -62,6 +84,10 @@ def test_flags_win_over_the_environment() -> None:
         ({**BASE, "MODELSHIP_MAX_DELAY_MS": "-1"}, "max_delay_ms"),
         ({**BASE, "MODELSHIP_MODEL_SHA256": "abc"}, "64 hex digits"),
         ({**BASE, "MODELSHIP_MAX_BATCH_SIZE": "0"}, "max_batch_size"),
+        ({**BASE, "MODELSHIP_MAX_CONNECTION_REQUESTS": "-1"}, "max_connection_requests must not be negative"),
+        ({**BASE, "MODELSHIP_MAX_CONNECTION_REQUESTS": "10s"}, "max_connection_requests must be an integer"),
+        ({**BASE, "MODELSHIP_MAX_CONNECTION_AGE_SECONDS": "-0.5"}, "max_connection_age_seconds must not be"),
+        ({**BASE, "MODELSHIP_MAX_CONNECTION_AGE_SECONDS": "nan"}, "max_connection_age_seconds must not be"),
     ],
 )
 def test_bad_settings_name_themselves(env: dict[str, str], fragment: str) -> None:

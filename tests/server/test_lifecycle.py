@@ -273,7 +273,14 @@ class _Connection:
 
 
 def _mlp_env(model_dir: Path, tmp_path: Path) -> dict[str, str]:
-    return _env(str(model_dir / "mlp.onnx"), tmp_path, MODELSHIP_GRACE_PERIOD_SECONDS="30")
+    # Connections are not recycled (test_connections.py): every `Connection: close` here is the drain's.
+    return _env(
+        str(model_dir / "mlp.onnx"),
+        tmp_path,
+        MODELSHIP_GRACE_PERIOD_SECONDS="30",
+        MODELSHIP_MAX_CONNECTION_REQUESTS="0",
+        MODELSHIP_MAX_CONNECTION_AGE_SECONDS="0",
+    )
 
 
 def test_after_sigterm_each_connection_gets_its_answer_and_is_then_closed(

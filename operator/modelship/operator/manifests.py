@@ -53,6 +53,13 @@ def _server_uri(md: ModelDeployment) -> str:
     return f"file://{naming.PVC_MOUNT_DIR}/{pvc[1]}"
 
 
+def _seconds(value: float | None) -> str | None:
+    """Seconds as a user would write them: 90, not 90.0 (a value in the pod template, read by people)."""
+    if value is None:
+        return None
+    return str(int(value)) if value.is_integer() else str(value)
+
+
 def _env(md: ModelDeployment) -> list[dict[str, Any]]:
     values: list[tuple[str, object]] = [
         (naming.ENV_MODEL_NAME, md.model.name),
@@ -62,6 +69,8 @@ def _env(md: ModelDeployment) -> list[dict[str, Any]]:
         ("MODELSHIP_THREADS", md.server.threads or quantities.cpu_threads(dict(md.resources))),
         ("MODELSHIP_MAX_BATCH_SIZE", md.server.max_batch_size),
         ("MODELSHIP_MAX_DELAY_MS", md.server.max_delay_ms),
+        ("MODELSHIP_MAX_CONNECTION_REQUESTS", md.server.max_connection_requests),
+        ("MODELSHIP_MAX_CONNECTION_AGE_SECONDS", _seconds(md.server.max_connection_age)),
         ("MODELSHIP_PORT", naming.SERVER_PORT),
         ("MODELSHIP_CACHE_DIR", naming.CACHE_DIR),
         ("MODELSHIP_TERMINATION_LOG", naming.TERMINATION_LOG),

@@ -57,6 +57,9 @@ class ServerSettings:
     max_batch_size: int | None = None
     max_delay_ms: int | None = None
     auth_secret: SecretKey | None = None
+    # None: not set, the server's own default applies (and the pod template does not mention it).
+    max_connection_requests: int | None = None
+    max_connection_age: float | None = None  # seconds
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ def parse(body: Mapping[str, Any]) -> ModelDeployment:
     autoscaling = spec.get("autoscaling")
     server = spec.get("server") or {}
     batching = server.get("batching") or {}
+    connections = server.get("connections") or {}
     auth = server.get("authSecretRef")
     pod_meta = spec.get("podMetadata") or {}
     return ModelDeployment(
@@ -229,6 +233,8 @@ def parse(body: Mapping[str, Any]) -> ModelDeployment:
             max_batch_size=batching.get("maxBatchSize"),
             max_delay_ms=batching.get("maxDelayMs"),
             auth_secret=SecretKey(name=auth["name"], key=auth.get("key", "token")) if auth else None,
+            max_connection_requests=connections.get("maxRequests"),
+            max_connection_age=parse_duration(connections["maxAge"]) if "maxAge" in connections else None,
         ),
         placement=Placement(
             node_selector=spec.get("nodeSelector") or {},

@@ -139,6 +139,10 @@ def check_server(server: Mapping[str, Any]) -> None:
     batching = server.get("batching") or {}
     _int(batching, "maxBatchSize", "spec.server.batching", 1, 4096)
     _int(batching, "maxDelayMs", "spec.server.batching", 0, 1000)
+    connections = server.get("connections") or {}
+    _int(connections, "maxRequests", "spec.server.connections", 0, 10_000_000)
+    if "maxAge" in connections:
+        _duration(connections["maxAge"], "spec.server.connections.maxAge", minimum=0)
     auth = server.get("authSecretRef")
     if auth is not None and not (isinstance(auth, Mapping) and auth.get("name")):
         _fail("spec.server.authSecretRef.name", "is required")

@@ -11,6 +11,10 @@ from pathlib import Path
 DEFAULT_CACHE_DIR = "/tmp/modelship/models"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+# The most requests, and the longest time, a keep-alive connection is used before its client is asked to
+# reconnect (each connection draws its own limits below these: connections.py). 0 turns a limit off.
+DEFAULT_MAX_CONNECTION_REQUESTS = 100
+DEFAULT_MAX_CONNECTION_AGE_SECONDS = 10.0
 
 
 class ConfigError(ValueError):
@@ -44,6 +48,8 @@ class Settings:
     max_request_bytes: int = 64 << 20
     grace_period_seconds: float = 25.0
     fetch_attempts: int = 4
+    max_connection_requests: int = DEFAULT_MAX_CONNECTION_REQUESTS
+    max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
     log_level: str = "info"
     command: str = "serve"
 
@@ -102,6 +108,18 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("max_request_bytes", "MAX_REQUEST_BYTES", int, "largest request body accepted"),
     ("grace_period_seconds", "GRACE_PERIOD_SECONDS", float, "longest drain after SIGTERM"),
     ("fetch_attempts", "FETCH_ATTEMPTS", int, "tries of a model download before giving up"),
+    (
+        "max_connection_requests",
+        "MAX_CONNECTION_REQUESTS",
+        int,
+        "requests after which a keep-alive connection is closed (drawn in [n/2, n]); 0: no limit",
+    ),
+    (
+        "max_connection_age_seconds",
+        "MAX_CONNECTION_AGE_SECONDS",
+        float,
+        "age after which a keep-alive connection is closed (drawn in [t/2, t]); 0: no limit",
+    ),
     ("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
 )
 
@@ -197,5 +215,11 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"model_sha256 must be 64 hex digits, got {s.model_sha256!r}")
     if s.fetch_attempts < 1:
         raise ConfigError(f"fetch_attempts must be at least 1, got {s.fetch_attempts}")
+    if s.max_connection_requests < 0:
+        raise ConfigError(f"max_connection_requests must not be negative, got {s.max_connection_requests}")
+    if not s.max_connection_age_seconds >= 0:  # NaN too: it would never close a connection
+        raise ConfigError(
+            f"max_connection_age_seconds must not be negative, got {s.max_connection_age_seconds}"
+        )
     if s.log_level not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")

@@ -12,15 +12,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import ClassVar
 
 import uvicorn
 from modelship.server.app import create_app
 from modelship.server.config import ConfigError, Settings, load_settings
+from modelship.server.connections import ConnectionPolicy
 from modelship.server.errors import ModelLoadError
 from modelship.server.fetch import ModelFile, fetch_model
+from modelship.server.metrics import Metrics
 from modelship.server.runtime import ModelRuntime
 from modelship.server.state import ServerState
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 log = logging.getLogger("modelship.server")
 
@@ -65,21 +68,63 @@ _DRAIN_TICK_SECONDS = 0.05
 
 
 class _DrainableHttp(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus what the drain needs and uvicorn does not keep: how long a
-    connection has been idle. The uvicorn internals the drain relies on are all here: `cycle` (the request
-    being read or answered, None before the first), the `on_response_complete` callback, and `shutdown()`
-    (close now if idle, else right after the response)."""
+    """uvicorn's httptools protocol, plus what uvicorn does not do: it bounds every keep-alive connection
+    (connections.py), and keeps how long a connection has been idle, for the drain.
+
+    The uvicorn internals this relies on are all here: `cycle` (the request being read or answered, None
+    before the first; one pipelined behind it waits in `pipeline`), the cycle's `keep_alive` (read when its
+    response starts: False adds `Connection: close` to the response and closes the connection once the
+    response is written, whatever sent it: our routes, FastAPI's or uvicorn's own 500), the
+    `on_headers_complete` and `on_response_complete` callbacks, and `shutdown()` (close now if idle, else
+    right after the response).
+    """
 
     accepted = 0  # connections this process has accepted: one server a process
+    # Bound for each server by `_http_protocol`: uvicorn makes each connection from the class alone.
+    policy: ClassVar[ConnectionPolicy]
+    metrics: ClassVar[Metrics]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         _DrainableHttp.accepted += 1
         self._active_at = time.monotonic()
+        self._budget = self.policy.draw(self._active_at)
+        self._requests = 0
+        self._last: RequestResponseCycle | None = None  # the request whose response closes the connection
+        self.metrics.connections.inc()
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         self._active_at = time.monotonic()
         super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        # The decision is made when a request starts, never on an idle connection: the response to it is
+        # how the client learns of the close, before it sends anything else on the connection.
+        previous = self.cycle
+        super().on_headers_complete()
+        if self.cycle is previous:  # an upgrade: no request of ours
+            return
+        self._requests += 1
+        if self._budget.spent(self._requests, time.monotonic()):
+            self._close_after(self.cycle)
+
+    def _close_after(self, cycle: RequestResponseCycle) -> None:
+        """Make the response to `cycle` the connection's last (uvicorn adds `Connection: close` to it)."""
+        last = self._last
+        if last is not None:
+            if last.response_started:
+                # Pipelined behind a response that said close: the client sends it again, as HTTP/1.1
+                # asks of a client whose pipelined requests a close left unanswered.
+                return
+            # Pipelined behind the request that was to be the last, whose response has not started:
+            # that one is answered and keeps the connection open, this one closes it.
+            last.keep_alive = True
+        elif not cycle.keep_alive:
+            return  # the client closes the connection after this request itself
+        else:
+            self.metrics.connections_recycled.inc()
+        cycle.keep_alive = False
+        self._last = cycle
 
     def on_response_complete(self) -> None:
         self._active_at = time.monotonic()
@@ -90,6 +135,16 @@ class _DrainableHttp(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             return 0.0
         return now - self._active_at
+
+
+def _http_protocol(policy: ConnectionPolicy, metrics: Metrics) -> type[_DrainableHttp]:
+    """The protocol class of one server's connections, with what they share bound to it."""
+
+    class Http(_DrainableHttp):
+        pass
+
+    Http.policy, Http.metrics = policy, metrics
+    return Http
 
 
 class _DrainingServer(uvicorn.Server):
@@ -183,7 +238,10 @@ async def serve(settings: Settings) -> tuple[int, bool]:
         create_app(state),
         host=settings.host,
         port=settings.port,
-        http=_DrainableHttp,
+        http=_http_protocol(
+            ConnectionPolicy(settings.max_connection_requests, settings.max_connection_age_seconds),
+            state.metrics,
+        ),
         lifespan="off",
         access_log=False,
         log_config=None,

@@ -64,12 +64,25 @@ class Metrics:
             [*LABELS, "sha256"],
             registry=r,
         )
+        # Reconnects a second, and how many of them the server asked for (connections.py): whether
+        # clients that keep their connections are being spread onto new pods.
+        self.connections = self._counter(
+            "modelship_connections", "HTTP connections accepted (new connections, reconnects included)."
+        )
+        self.connections_recycled = self._counter(
+            "modelship_connections_recycled",
+            "Keep-alive connections the server asked to close (Connection: close) because they had "
+            "answered their share of requests or reached their age.",
+        )
         ProcessCollector(registry=r)
         self._by_code: dict[int, Counter] = {}
 
     def _histogram(self, name: str, text: str, buckets: tuple[float, ...]) -> Histogram:
         """The one series of a histogram labelled with this server's model, version and revision."""
         return Histogram(name, text, LABELS, buckets=buckets, registry=self.registry).labels(*self._labels)
+
+    def _counter(self, name: str, text: str) -> Counter:
+        return Counter(name, text, LABELS, registry=self.registry).labels(*self._labels)
 
     def _gauge(self, name: str, text: str) -> Gauge:
         return Gauge(name, text, LABELS, registry=self.registry).labels(*self._labels)
