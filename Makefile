@@ -82,6 +82,11 @@ bench-keepalive: install ## requests lost by keep-alive clients (wrk, pooled) wh
 	$(CLUSTER) up --real-node
 	$(PY) bench/keepalive.py
 
+.PHONY: bench-rebalance
+bench-rebalance: install ## how fast a pod added under keep-alive load gets its share, per connection bound (PNG too)
+	$(CLUSTER) up --real-node
+	$(PY) bench/rebalance.py --png bench/figures/rebalance.png
+
 .PHONY: lint
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check operator server_image tests bench hack

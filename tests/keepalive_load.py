@@ -35,6 +35,14 @@ MAX_SECONDS = 600.0  # no load runs longer than this, whatever the caller forget
 PACE = 0.002  # seconds between two requests of one client: the cores are shared with the cluster
 
 
+def _version(body: bytes) -> str:
+    """The `model_version` an Open Inference Protocol answer names ("?" if it names none)."""
+    try:
+        return str(orjson.loads(body).get("model_version", "?"))
+    except (orjson.JSONDecodeError, AttributeError):
+        return "?"
+
+
 @dataclass
 class LoadResult:
     sent: int = 0
@@ -60,16 +68,24 @@ class KeepAliveLoad:
         self.connections = connections
         self.pooled = pooled
         self.result = LoadResult()
+        self.answered: list[tuple[float, str]] = []  # (time.monotonic(), model_version) of each 2xx
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._deadline = 0.0
 
-    def _count(self, outcome: str | None, reconnected: bool = False) -> None:
+    def versions(self, since: float = 0.0) -> collections.Counter[str]:
+        """2xx answers by the model version that gave them, since a `time.monotonic()` instant."""
+        with self._lock:
+            return collections.Counter(version for at, version in self.answered if at >= since)
+
+    def _count(self, outcome: str | None, reconnected: bool = False, body: bytes = b"") -> None:
+        version = _version(body) if outcome is None else ""
         with self._lock:
             self.result.sent += 1
             if outcome is None:
                 self.result.ok += 1
+                self.answered.append((time.monotonic(), version))
             else:
                 self.result.failures[outcome] += 1
             self.result.reconnects += reconnected
@@ -87,8 +103,9 @@ class KeepAliveLoad:
                 try:
                     conn.request("POST", parts.path, body=self.body, headers=headers)
                     response = conn.getresponse()
-                    response.read()
-                    self._count(None if 200 <= response.status < 300 else str(response.status), reconnected)
+                    body = response.read()
+                    outcome = None if 200 <= response.status < 300 else str(response.status)
+                    self._count(outcome, reconnected, body)
                     if response.will_close:
                         conn.close()  # the server said Connection: close: the next request reconnects
                 except (OSError, http.client.HTTPException) as exc:
@@ -104,7 +121,7 @@ class KeepAliveLoad:
                 response = pool.post(
                     self.url, content=self.body, headers={"Content-Type": "application/json"}
                 )
-                self._count(None if response.is_success else str(response.status_code))
+                self._count(None if response.is_success else str(response.status_code), body=response.content)
             except httpx.HTTPError as exc:
                 self._count(type(exc).__name__)
             time.sleep(PACE)

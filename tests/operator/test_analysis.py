@@ -441,3 +441,68 @@ async def test_without_a_prometheus_url_the_measurement_says_so() -> None:
         m = await analysis.measure(session, None, SETTINGS, "prod", "iris", "9b1c")
     assert m.verdict == Result.INCONCLUSIVE
     assert m.summary == f"inconclusive: {analysis.NO_PROMETHEUS} (revision 9b1c)"
+
+
+# ---- the canary's measured share of the model's traffic (issue #29)
+
+SHARED = plan(SETTINGS, namespace="prod", name="iris", revision="9b1c", stable="0ab7")
+
+
+def test_with_a_stable_revision_the_traffic_of_both_is_queried() -> None:
+    assert SHARED.traffic == (
+        'sum(increase(modelship_requests_total{namespace="prod",revision=~"9b1c|0ab7"}[30s]))'
+    )
+    assert PLAN.traffic is None  # a first revision has nothing to share with
+
+
+def test_the_canarys_share_is_its_requests_over_both_revisions() -> None:
+    m = evaluate(SHARED, Sample(250), [Sample(1.0), Sample(0.01)], Sample(1000))
+    assert (m.requests, m.total, m.share) == (250, 1000, 0.25)
+    assert m.verdict == Result.PASS
+    assert m.summary.endswith("(revision 9b1c, 250 of 1000 requests in 30s: 25%)")
+
+
+def test_a_starved_canary_is_inconclusive_and_the_summary_says_the_traffic_misses_it() -> None:
+    m = evaluate(SHARED, Sample(None), [Sample(None), Sample(None)], Sample(63596))
+    assert m.verdict == Result.INCONCLUSIVE
+    assert m.share == 0.0
+    assert m.summary == (
+        "inconclusive: fewer requests than minRequests 20; the model's traffic does not reach the canary "
+        "(revision 9b1c, 0 of 63596 requests in 30s: 0%)"
+    )
+
+
+def test_a_quiet_model_is_not_called_a_starved_canary() -> None:
+    m = evaluate(SHARED, Sample(3), [Sample(1.0), Sample(0.01)], Sample(12))
+    assert "does not reach the canary" not in m.summary
+    assert m.summary.endswith("(revision 9b1c, 3 of 12 requests in 30s: 25%)")
+
+
+def test_an_unknown_total_measures_no_share_and_judges_as_before() -> None:
+    m = evaluate(SHARED, Sample(50), [Sample(1.0), Sample(0.01)], Sample(error="timeout"))
+    assert m.share is None and m.total is None
+    assert m.verdict == Result.PASS
+    assert m.summary.endswith("(revision 9b1c, 50 requests in 30s)")
+
+
+@pytest.mark.parametrize(
+    ("requests", "total", "share"),
+    [(0, 0, None), (None, 10, None), (5, None, None), (11, 10, 1.0), (1, 1000, 0.001)],
+)
+def test_share_of_is_a_fraction_or_nothing(
+    requests: float | None, total: float | None, share: float | None
+) -> None:
+    assert analysis.share_of(requests, total) == share
+
+
+def test_a_share_below_half_a_percent_does_not_read_as_none() -> None:
+    assert analysis.format_share(0.001) == "<1%"
+    assert analysis.format_share(0.0) == "0%"
+    assert analysis.format_share(0.254) == "25%"
+
+
+def test_inconclusive_limit_is_read_and_checked() -> None:
+    assert AnalysisSettings().inconclusive_limit == 3
+    assert parse_settings({"inconclusiveLimit": 5}).inconclusive_limit == 5
+    with pytest.raises(analysis.AnalysisSpecError, match="inconclusiveLimit"):
+        parse_settings({"inconclusiveLimit": 0})

@@ -461,3 +461,84 @@ def test_status_round_trip_keeps_the_state() -> None:
     )
     back = RolloutState.from_status({"rollout": state.to_status(RolloutSpec(steps=STEPS))})
     assert dataclasses.asdict(back) == dataclasses.asdict(state)
+
+
+# ---- inconclusive measurements pause the rollout (issue #29)
+
+
+def starved_world() -> World:
+    """At step 2 (analysis) of 25% / analysis / 50%, with every measurement inconclusive."""
+    world = World(RolloutSpec(steps=(Step(set_weight=25), Step(analysis=True), Step(set_weight=50))))
+    world.verdict = INCONCLUSIVE
+    world.run_until(lambda o: o.state.step == 1)
+    return world
+
+
+def test_inconclusive_limit_measurements_in_a_row_pause_the_rollout_with_the_reason() -> None:
+    world = starved_world()
+    paused = world.run_until(lambda o: o.paused is not None, seconds=2)
+    assert paused.state.inconclusive == AnalysisSettings().inconclusive_limit == 3
+    assert paused.state.runs == 3
+    assert paused.pause_reason == reasons.ANALYSIS_INCONCLUSIVE
+    assert (
+        paused.paused is not None
+        and "analysis inconclusive 3 times in a row (inconclusiveLimit 3)" in paused.paused
+    )
+    assert "kubectl modelship promote" in paused.paused
+    assert paused.abort is None and paused.weight == 25 and paused.replicas == {"old": 3, "new": 1}
+    # Paused, it keeps measuring: it asks to be woken for the next measurement.
+    assert paused.requeue_after is not None and paused.requeue_after <= INTERVAL
+
+
+def test_a_pass_after_an_inconclusive_pause_resumes_the_rollout() -> None:
+    world = starved_world()
+    world.run_until(lambda o: o.paused is not None, seconds=2)
+    world.verdict = PASS
+    resumed = world.run_until(lambda o: o.state.step == 2, seconds=2)
+    assert resumed.paused is None and resumed.state.inconclusive == 0
+    assert world.run_until(lambda o: o.stable == "new").abort is None
+
+
+def test_failures_still_abort_a_rollout_paused_for_inconclusive_measurements() -> None:
+    world = starved_world()
+    world.run_until(lambda o: o.paused is not None, seconds=2)
+    world.verdict = FAIL
+    aborted = world.run_until(lambda o: o.abort is not None, seconds=2)
+    assert aborted.abort is not None and aborted.abort.reason == reasons.ANALYSIS_FAILED
+
+
+def test_promote_goes_on_past_an_inconclusive_pause_once() -> None:
+    world = starved_world()
+    world.run_until(lambda o: o.paused is not None, seconds=2)
+    world.action = "promote@1"
+    promoted = world.tick()
+    assert promoted.paused is None and promoted.state.step == 2 and promoted.weight == 50
+    assert promoted.action_note is not None and "step 2 (analysis) skipped" in promoted.action_note
+    assert promoted.state.inconclusive == 0
+
+
+def test_a_pause_for_inconclusive_background_analysis_holds_the_steps() -> None:
+    world = World(
+        RolloutSpec(steps=(Step(set_weight=25), Step(pause=20.0), Step(set_weight=50)), analysis={})
+    )
+    world.verdict = INCONCLUSIVE
+    paused = world.run_until(lambda o: o.pause_reason == reasons.ANALYSIS_INCONCLUSIVE, seconds=2)
+    for _ in range(30):  # far beyond the 20 s pause step
+        outcome = world.tick(2)
+        assert outcome.state.step == paused.state.step and outcome.weight == 25
+
+
+def test_the_measured_traffic_survives_the_status_round_trip() -> None:
+    world = World(ANALYSED)
+    world.run_until(lambda o: o.weight == 25)
+    measured = dataclasses.replace(
+        world.state, canary_requests=250.4, all_requests=1000.0, inconclusive=2, runs=1
+    )
+    again = RolloutState.from_status({"rollout": measured.to_status(ANALYSED)})
+    assert (again.canary_requests, again.all_requests, again.inconclusive) == (250, 1000, 2)
+
+
+def test_a_measurement_remembers_the_weight_it_was_taken_at_when_its_pass_moves_the_weight_on() -> None:
+    world = World(RolloutSpec(steps=(Step(set_weight=25), Step(analysis=True), Step(set_weight=50))))
+    passed = world.run_until(lambda o: o.state.runs == 1)
+    assert passed.weight == 50 and passed.state.measured_at_weight == 25

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -67,7 +68,8 @@ MID_ROLLOUT: dict[str, Any] = {
         "steps": 5,
         "stepStartedAt": "2026-11-23T10:00:00Z",
         "weight": 10,
-        "actualWeight": 33,
+        "actualWeight": 8,
+        "replicaWeight": 33,
         "traffic": "by replica ratio: 1 canary and 2 stable pods behind one Service",
         "paused": True,
         "pauseReason": "pause of 30s until 2026-11-23T10:00:30Z",
@@ -220,7 +222,7 @@ def test_mid_rollout_paused() -> None:
         "[ ] 4. setWeight: 50%",
         "[ ] 5. pause: until promoted",
     ]
-    assert field(output, "Weight") == "10% asked, 33% actual"
+    assert field(output, "Weight") == "10% asked, 33% of ready pods, 8% of requests (measured)"
     assert field(output, "Traffic").startswith("by replica ratio: 1 canary and 2 stable pods")
     assert field(output, "Paused") == "pause of 30s until 2026-11-23T10:00:30Z"
     assert field(output, "Analysis") == "0 failed in a row, last run 2026-11-23T10:00:30Z (30s ago)"
@@ -244,7 +246,7 @@ def test_aborted_by_a_failed_analysis() -> None:
     assert field(output, "Aborted") == (
         f"revision {CANARY}: analysis success-rate: 0.42 < 0.99 (canary {CANARY}, 50 requests)"
     )
-    assert field(output, "Weight") == "0% asked, 0% actual"
+    assert field(output, "Weight") == "0% asked, 0% of requests (measured)"
     assert field(output, "Analysis") == (
         "Fail, 2 failed in a row, 4 run(s), last run 2026-11-23T10:00:30Z (30s ago)"
     )
@@ -459,11 +461,14 @@ def test_list_rows() -> None:
     table = cli.list_table([md(MID_ROLLOUT), md(HEALTHY), md()], all_namespaces=False)
     assert table.splitlines() == [
         "NAME   PHASE     STABLE   CANARY   STEP   CANARY WEIGHT",
-        "iris   Paused    1        2        1/5    33%",
+        "iris   Paused    1        2        1/5    8%",
         "iris   Healthy   2        -        -      -",
         "iris   -         -        -        -      -",
     ]
     assert cli.list_table([md(HEALTHY)], all_namespaces=True).splitlines()[1].split()[:2] == ["prod", "iris"]
+    unmeasured = copy.deepcopy(MID_ROLLOUT)
+    del unmeasured["rollout"]["actualWeight"]
+    assert cli.list_row(md(unmeasured))[-1] == "~33%"  # by ready pods, marked as not measured
 
 
 def _kubeconfig(folder: Path, server: str) -> str:

@@ -75,7 +75,8 @@ MID_ROLLOUT: dict[str, Any] = {
         "step": 1,
         "steps": 4,
         "weight": 10,
-        "actualWeight": 33,
+        "actualWeight": 8,
+        "replicaWeight": 33,
         "traffic": "by replica ratio: 1 canary and 2 stable pods behind one Service",
         "paused": True,
         "pauseReason": "waiting for a manual promote",
@@ -289,7 +290,7 @@ def test_status_prints_the_rollout(
         "  [>] 2. pause: until promoted",
         "  [ ] 3. analysis",
         "  [ ] 4. setWeight: 50%",
-        "Weight:       10% asked, 33% actual",
+        "Weight:       10% asked, 33% of ready pods, 8% of requests (measured)",
         "Traffic:      by replica ratio: 1 canary and 2 stable pods behind one Service",
         "Paused:       waiting for a manual promote",
         "  success-rate  0.5    >= 0.99    Fail",
@@ -321,7 +322,7 @@ def test_list_and_the_namespace_of_the_context(
     assert listed.returncode == 0, listed.stderr
     assert [line.split() for line in listed.stdout.splitlines()] == [
         ["NAME", "PHASE", "STABLE", "CANARY", "STEP", "CANARY", "WEIGHT"],
-        ["m", "Paused", "1", "2", "1/4", "33%"],
+        ["m", "Paused", "1", "2", "1/4", "8%"],
         ["other", "-", "-", "-", "-", "-"],
     ]
     status = plugin("status", "m", env_kubeconfig=str(with_namespace))

@@ -89,7 +89,7 @@ def test_every_rollout_status_field_is_in_the_schema() -> None:
         revision.version,
         revisions={"old": old},
         size=4,
-        measurement=steps.Verdict("Fail", "success-rate 0.5 < 0.99", (result,)),
+        measurement=steps.Verdict("Fail", "success-rate 0.5 < 0.99", (result,), requests=30, total=120),
         action="promote@1",
     )
     current = dataclasses.replace(
@@ -97,7 +97,10 @@ def test_every_rollout_status_field_is_in_the_schema() -> None:
     )
     outcome = steps.advance(md.rollout, current, seen, 1_800_000_000.0)
     rollout = st.rollout_status(md, outcome, {"old": old})
-    assert {"analysis", "actualWeight", "handledAction", "canaryRevision", "message"} <= set(rollout)
+    assert {"analysis", "actualWeight", "replicaWeight", "handledAction", "canaryRevision", "message"} <= set(
+        rollout
+    )
+    assert {"inconclusive", "canaryRequests", "requests"} <= set(rollout["analysis"])
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert value_paths({"rollout": rollout}) <= schema_paths(schema)
     failing = dataclasses.replace(seen, target_failure=Failure(reasons.MODEL_LOAD_FAILED, "sha256 mismatch"))
@@ -106,6 +109,13 @@ def test_every_rollout_status_field_is_in_the_schema() -> None:
     )
     assert {"abortedRevision", "abort"} <= set(aborted)
     assert value_paths({"rollout": aborted}) <= schema_paths(schema)
+    starved = dataclasses.replace(
+        seen, measurement=steps.Verdict("Inconclusive", "inconclusive", requests=0, total=500), action=None
+    )
+    streak = dataclasses.replace(current, inconclusive=2)
+    paused = st.rollout_status(md, steps.advance(md.rollout, streak, starved, 1_800_000_002.0), {"old": old})
+    assert paused["pauseCondition"] == reasons.ANALYSIS_INCONCLUSIVE
+    assert value_paths({"rollout": paused}) <= schema_paths(schema)
 
 
 def test_replicas_has_no_default_so_that_autoscaling_can_exclude_it() -> None:

@@ -276,6 +276,18 @@ def test_a_canary_tells_its_story_in_events() -> None:
     assert reasons == [["CanaryStarted"], ["CanaryStep", "RolloutPaused"], ["Promoted"], []]
 
 
+def test_a_pause_for_inconclusive_analysis_is_a_warning_with_its_own_reason() -> None:
+    running = {"stableRevision": "a", "canaryRevision": "b", "step": 1, "steps": 3}
+    starved = {
+        **running,
+        "paused": True,
+        "pauseCondition": "AnalysisInconclusive",
+        "pauseReason": "step 2: analysis inconclusive 3 times in a row",
+    }
+    events = transition_events({"rollout": running}, {"rollout": starved})
+    assert events == [("Warning", "AnalysisInconclusive", "step 2: analysis inconclusive 3 times in a row")]
+
+
 async def test_a_status_the_schema_refuses_is_a_terminal_error(
     api: MemoryApi, reconciler: Reconciler
 ) -> None:

@@ -9,6 +9,7 @@ from modelship.operator import status as st
 from modelship.operator.children import RevisionState
 from modelship.operator.reasons import Failure
 from modelship.operator.rollout import state, steps
+from modelship.operator.rollout.analysis import Result as R
 from modelship.operator.rollout.plan import plan_of
 
 from tests.operator import factories
@@ -187,3 +188,63 @@ def test_the_merge_patch_nulls_what_disappeared_and_keeps_what_others_own() -> N
         "model": {"version": None, "revision": None}
     }
     assert st.merge_patch(new, new, owned=st.OWNED_STATUS_FIELDS) == {}
+
+
+# ---- traffic: by ready pods and as measured (issue #29)
+
+CANARY_BODY = md_body(
+    replicas=4,
+    rollout={"canary": {"steps": [{"setWeight": 25}, {"analysis": {}}, {"setWeight": 50}]}},
+    status={"rollout": {"stableRevision": "old", "stableVersion": "1"}},
+)
+
+
+def _at_analysis(measurement: steps.Verdict | None, streak: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(status.rollout, conditions) at the analysis step, 3 stable and 1 canary pod ready."""
+    md = spec.parse(CANARY_BODY)
+    revision = manifests.desired_revision(md, server_image="img:1")
+    observed = {
+        "old": revision_state("old", "1", ready=3, wanted=3),
+        revision.revision: revision_state(revision.revision, "2", ready=1, wanted=1),
+    }
+    current = state.RolloutState(
+        stable="old",
+        stable_version="1",
+        canary=revision.revision,
+        step=1,
+        step_started=0.0,
+        weight=25,
+        inconclusive=streak,
+    )
+    seen = steps.Inputs(revision.revision, "2", observed, size=4, measurement=measurement)
+    outcome = steps.advance(md.rollout, current, seen, 10.0)
+    plan = plan_of(revision.revision, outcome, observed[revision.revision])
+    status = st.compute_status(md, revision, plan, st.StatusInputs(observed, rollout=outcome), now=NOW)
+    return status["rollout"], conditions(status)
+
+
+def test_the_measured_share_is_the_actual_weight_beside_the_share_of_pods() -> None:
+    rollout, _ = _at_analysis(steps.Verdict(R.INCONCLUSIVE, "x", requests=6, total=1000))
+    assert rollout["weight"] == 25 and rollout["replicaWeight"] == 25
+    assert rollout["actualWeight"] == 1
+    assert "1 canary and 3 stable pods ready" in rollout["traffic"]
+    assert "measured 1% of 1000 requests in the last analysis window at" in rollout["traffic"]
+    assert (rollout["analysis"]["canaryRequests"], rollout["analysis"]["requests"]) == (6, 1000)
+
+
+def test_without_a_measurement_the_weight_is_not_claimed() -> None:
+    rollout, _ = _at_analysis(None)
+    assert "actualWeight" not in rollout
+    assert rollout["replicaWeight"] == 25
+    assert "not measured yet" in rollout["traffic"]
+
+
+def test_a_starved_canary_pauses_with_the_analysis_reason_in_the_conditions() -> None:
+    rollout, conds = _at_analysis(
+        steps.Verdict(R.INCONCLUSIVE, "inconclusive: no traffic", requests=0, total=900), 2
+    )
+    assert rollout["paused"] is True and rollout["pauseCondition"] == reasons.ANALYSIS_INCONCLUSIVE
+    assert "inconclusive: no traffic" in rollout["pauseReason"]
+    assert rollout["actualWeight"] == 0
+    assert conds[reasons.PROGRESSING] == ("True", reasons.ANALYSIS_INCONCLUSIVE)
+    assert conds[reasons.READY] == ("False", reasons.ANALYSIS_INCONCLUSIVE)

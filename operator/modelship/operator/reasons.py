@@ -34,6 +34,7 @@ PODS_NOT_READY: Final = "PodsNotReady"
 # ---- Progressing reasons (also Ready's while a rollout runs)
 ROLLOUT_IN_PROGRESS: Final = "RolloutInProgress"
 ROLLOUT_PAUSED: Final = "RolloutPaused"  # also the Event of a pause that starts
+ANALYSIS_INCONCLUSIVE: Final = "AnalysisInconclusive"  # paused: inconclusiveLimit measurements in a row
 ROLLOUT_COMPLETE: Final = "RolloutComplete"
 ROLLOUT_ABORTED: Final = "RolloutAborted"  # also the reason of an abort by a user
 ROLLOUT_STALLED: Final = "RolloutStalled"

@@ -479,7 +479,9 @@ def rollout_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple
             )
         )
     if new.get("paused") and not old.get("paused") and new.get("pauseReason"):
-        events.append(("Normal", reasons.ROLLOUT_PAUSED, str(new["pauseReason"])))
+        reason = str(new.get("pauseCondition") or reasons.ROLLOUT_PAUSED)
+        kind = "Warning" if reason == reasons.ANALYSIS_INCONCLUSIVE else "Normal"
+        events.append((kind, reason, str(new["pauseReason"])))
     stable = new.get("stableRevision")
     if stable and old.get("canaryRevision") == stable and not canary:
         events.append(

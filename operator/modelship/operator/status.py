@@ -15,6 +15,7 @@ from modelship.operator import bodies, naming, reasons
 from modelship.operator.children import RevisionState
 from modelship.operator.manifests import Revision
 from modelship.operator.reasons import Failure
+from modelship.operator.rollout import analysis
 from modelship.operator.rollout.plan import RolloutPlan
 from modelship.operator.rollout.steps import StepResult
 from modelship.operator.spec import ModelDeployment
@@ -46,6 +47,7 @@ class _Facts:
     failure: Failure | None
     aborted: bool
     paused: str | None
+    pause_reason: str  # the condition reason while paused
     progress: str  # " (step 2/4, canary weight 25%)" while a canary runs
     note: str  # "; version 1 (revision ...) keeps serving" while the target does not serve
 
@@ -91,6 +93,7 @@ def _facts(md: ModelDeployment, revision: Revision, plan: RolloutPlan, seen: Sta
         failure=_failure(plan, seen, abort),
         aborted=abort is not None,
         paused=outcome.paused if outcome is not None else None,
+        pause_reason=outcome.pause_reason if outcome is not None else reasons.ROLLOUT_PAUSED,
         progress=_progress_note(md, outcome) if outcome is not None and abort is None else "",
         note=_serving_note(plan, stable),
     )
@@ -110,7 +113,7 @@ def _ready(facts: _Facts, unschedulable: str | None) -> Condition:
     if unschedulable:
         detail += f" (pods cannot be scheduled: {unschedulable})"
     if facts.paused:
-        reason = reasons.ROLLOUT_PAUSED
+        reason = facts.pause_reason
     else:
         reason = reasons.ROLLOUT_IN_PROGRESS if facts.rolling else reasons.PODS_NOT_READY
     return False, reason, detail + facts.progress + facts.note
@@ -123,7 +126,7 @@ def _progressing(facts: _Facts) -> Condition:
         reason = reasons.ROLLOUT_ABORTED if facts.aborted else reasons.ROLLOUT_STALLED
         return False, reason, facts.failure.message
     if facts.paused:
-        return True, reasons.ROLLOUT_PAUSED, f"{facts.what}: {facts.paused}"
+        return True, facts.pause_reason, f"{facts.what}: {facts.paused}"
     what = "rolling out" if facts.rolling else "scaling up"
     return True, reasons.ROLLOUT_IN_PROGRESS, f"{facts.what} is {what}{facts.progress}"
 
@@ -216,25 +219,44 @@ def _progress_note(md: ModelDeployment, outcome: StepResult) -> str:
     return f" ({where}, canary weight {outcome.weight}%)"
 
 
-def actual_weight(
+def traffic(
     md: ModelDeployment, outcome: StepResult, revisions: Mapping[str, RevisionState]
-) -> tuple[int, str]:
-    """The share the canary really gets, and how traffic is split, in words."""
+) -> dict[str, Any]:
+    """How traffic is split, in words, with the canary's share by ready pods (`replicaWeight`) and
+    as measured (`actualWeight`: its share of the requests in the last analysis window)."""
     if outcome.canary is None:
-        return 0, "every request goes to the stable revision"
+        return {"traffic": "every request goes to the stable revision"}
+    state = outcome.state
+    share = analysis.share_of(state.canary_requests, state.all_requests)
+    measured = round(100 * share) if share is not None else None
+    if share is not None and state.all_requests is not None:
+        when = f" at {bodies.format_time(state.last_run)}" if state.last_run is not None else ""
+        seen = (
+            f"measured {analysis.format_share(share)} of {round(state.all_requests)} requests in the "
+            f"last analysis window{when}"
+        )
+    else:
+        seen = "not measured yet (the canary's share is measured with its analysis)"
     if md.rollout.http_route is not None:
-        return outcome.weight, f"exact weights on HTTPRoute {md.rollout.http_route}"
+        return {
+            "actualWeight": measured if measured is not None else outcome.weight,
+            "traffic": f"exact weights on HTTPRoute {md.rollout.http_route}; {seen}",
+        }
     stable = revisions.get(outcome.stable or "")
     cand = revisions.get(outcome.canary)
     stable_ready = stable.ready_replicas if stable is not None else 0
     canary_ready = cand.ready_replicas if cand is not None else 0
     total = stable_ready + canary_ready
-    real = round(100 * canary_ready / total) if total else 0
-    text = (
-        f"by replica ratio: {canary_ready} canary and {stable_ready} stable pods ready behind one "
-        "Service, so the weight is approximate"
-    )
-    return real, text
+    out: dict[str, Any] = {
+        "replicaWeight": round(100 * canary_ready / total) if total else 0,
+        "traffic": (
+            f"by replica ratio: {canary_ready} canary and {stable_ready} stable pods ready behind one "
+            f"Service; {seen}"
+        ),
+    }
+    if measured is not None:
+        out["actualWeight"] = measured
+    return out
 
 
 def rollout_status(
@@ -242,12 +264,11 @@ def rollout_status(
 ) -> dict[str, Any]:
     out = outcome.state.to_status(md.rollout)
     out["weight"] = outcome.weight
-    real, out["traffic"] = actual_weight(md, outcome, revisions)
-    if outcome.canary is not None:  # `kubectl get md -o wide` shows no weight without a canary
-        out["actualWeight"] = real
+    out.update(traffic(md, outcome, revisions))
     out["paused"] = outcome.paused is not None
     if outcome.paused:
         out["pauseReason"] = outcome.paused
+        out["pauseCondition"] = outcome.pause_reason
     message = (outcome.abort and f"aborted: {outcome.abort.message}") or outcome.paused or ""
     if outcome.action_note:
         message = f"{message}; {outcome.action_note}" if message else outcome.action_note

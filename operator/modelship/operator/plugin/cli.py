@@ -104,6 +104,8 @@ def list_row(md: Mapping[str, Any]) -> list[str]:
     status, rollout = bodies.status_of(md), _rollout(md)
     step, steps, weight = rollout.get("step"), rollout.get("steps"), rollout.get("actualWeight")
     in_progress = bool(rollout.get("canaryRevision"))
+    if weight is None and rollout.get("replicaWeight") is not None:
+        weight = f"~{rollout['replicaWeight']}"  # by ready pods: not measured
     return [
         str(bodies.meta(md).get("namespace") or "-"),
         str(bodies.meta(md).get("name") or "-"),

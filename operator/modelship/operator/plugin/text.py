@@ -120,14 +120,19 @@ def _progress(rollout: Mapping[str, Any], steps: Sequence[Any], now: datetime) -
 
 
 def _weight(rollout: Mapping[str, Any]) -> str | None:
-    asked, actual = rollout.get("weight"), rollout.get("actualWeight")
-    if asked is None and actual is None:
+    """`25% asked, 25% of ready pods, 3% of requests (measured)`: what a starved canary looks like."""
+    asked, by_pods, actual = rollout.get("weight"), rollout.get("replicaWeight"), rollout.get("actualWeight")
+    if asked is None and actual is None and by_pods is None:
         return None
     parts = []
     if asked is not None:
         parts.append(f"{_text(asked)}% asked")
+    if by_pods is not None:
+        parts.append(f"{_text(by_pods)}% of ready pods")
     if actual is not None:
-        parts.append(f"{_text(actual)}% actual")
+        parts.append(f"{_text(actual)}% of requests (measured)")
+    elif rollout.get("canaryRevision"):
+        parts.append("requests not measured")
     return ", ".join(parts)
 
 
@@ -138,6 +143,12 @@ def _analysis_lines(analysis: Mapping[str, Any], now: datetime) -> list[str]:
     failures, runs = analysis.get("failures"), analysis.get("runs")
     if failures is not None:
         parts.append(f"{_text(failures)} failed in a row")
+    if analysis.get("inconclusive"):
+        parts.append(f"{_text(analysis['inconclusive'])} inconclusive in a row")
+    if analysis.get("requests") is not None and analysis.get("canaryRequests") is not None:
+        parts.append(
+            f"{_text(analysis['canaryRequests'])} of {_text(analysis['requests'])} requests to the canary"
+        )
     if runs is not None:
         parts.append(f"{_text(runs)} run(s)")
     if analysis.get("lastRun"):

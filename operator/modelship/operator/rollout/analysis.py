@@ -51,6 +51,10 @@ SUCCESS_RATE_QUERY = (
     f'(sum(rate(modelship_requests_total{{{_SELECTOR},code!~"5.."}}[{{{{window}}}}])) or vector(0))'
     f" / sum(rate(modelship_requests_total{{{_SELECTOR}}}[{{{{window}}}}]))"
 )
+# Every request to either revision: what the canary's share of traffic is measured against.
+TRAFFIC_QUERY = (
+    'sum(increase(modelship_requests_total{{namespace="{namespace}",revision=~"{revisions}"}}[{window}]))'
+)
 LATENCY_P99_QUERY = (
     "histogram_quantile(0.99, sum by (le) "
     f"(rate(modelship_request_duration_seconds_bucket{{{_SELECTOR}}}[{{{{window}}}}])))"
@@ -86,6 +90,7 @@ class AnalysisSettings:
     prometheus_url: str | None = None  # None: the operator's MODELSHIP_PROMETHEUS_URL
     interval: float = 30.0  # seconds between measurements
     failure_limit: int = 2
+    inconclusive_limit: int = 3
     min_requests: int = 20
     success_rate: float = 0.99
     max_latency_p99: float | None = None  # seconds
@@ -112,6 +117,7 @@ def parse_settings(mapping: Mapping[str, Any] | None) -> AnalysisSettings:
         raise AnalysisSpecError("interval must be positive")
     latency = _duration(raw, "maxLatencyP99", None)
     failure_limit = _integer(raw, "failureLimit", defaults.failure_limit, minimum=1)
+    inconclusive_limit = _integer(raw, "inconclusiveLimit", defaults.inconclusive_limit, minimum=1)
     min_requests = _integer(raw, "minRequests", defaults.min_requests, minimum=0)
     success_rate = _number(raw, "successRate", defaults.success_rate)
     if success_rate is None or not 0 <= success_rate <= 1:
@@ -120,6 +126,7 @@ def parse_settings(mapping: Mapping[str, Any] | None) -> AnalysisSettings:
         prometheus_url=str(url) if url else None,
         interval=interval,
         failure_limit=failure_limit,
+        inconclusive_limit=inconclusive_limit,
         min_requests=min_requests,
         success_rate=success_rate,
         max_latency_p99=latency,
@@ -251,9 +258,12 @@ class Plan:
     min_requests: int
     requests: str  # the query of the request count in the window
     checks: tuple[Check, ...]
+    traffic: str | None = None  # the query of the requests to both revisions; None: no stable one
 
 
-def plan(settings: AnalysisSettings, *, namespace: str, name: str, revision: str) -> Plan:
+def plan(
+    settings: AnalysisSettings, *, namespace: str, name: str, revision: str, stable: str | None = None
+) -> Plan:
     window = settings.window
 
     def fill(template: str) -> str:
@@ -269,6 +279,9 @@ def plan(settings: AnalysisSettings, *, namespace: str, name: str, revision: str
         min_requests=settings.min_requests,
         requests=fill(REQUESTS_QUERY),
         checks=tuple(checks),
+        traffic=TRAFFIC_QUERY.format(namespace=namespace, revisions=f"{revision}|{stable}", window=window)
+        if stable
+        else None,
     )
 
 
@@ -306,6 +319,12 @@ class Measurement:
     results: tuple[CheckResult, ...]
     requests: float | None  # requests to the revision in the window; None: unknown
     summary: str  # one line for a condition or an event
+    total: float | None = None  # requests to the canary and the stable revision; None: unknown
+
+    @property
+    def share(self) -> float | None:
+        """The canary's share of the requests in the window (0 to 1); None: not measured."""
+        return share_of(self.requests, self.total)
 
     @property
     def verdict(self) -> Result:
@@ -315,16 +334,33 @@ class Measurement:
         return [r.to_status() for r in self.results]
 
 
+def share_of(requests: float | None, total: float | None) -> float | None:
+    if requests is None or not total or total <= 0:
+        return None
+    # increase() extrapolates each series on its own, so the parts can exceed the whole a little.
+    return min(1.0, max(0.0, requests / total))
+
+
+def format_share(share: float) -> str:
+    """`25%`, or `<1%` for a share that rounds to 0 without being 0."""
+    percent = round(100 * share)
+    return "<1%" if percent == 0 and share > 0 else f"{percent}%"
+
+
 def worst(results: Iterable[Result]) -> Result:
     """Fail over Inconclusive over Pass; nothing measured is Inconclusive, never a pass."""
     return max(results, key=_SEVERITY.__getitem__, default=Result.INCONCLUSIVE)
 
 
-def evaluate(plan: Plan, requests: Sample, samples: Sequence[Sample]) -> Measurement:
-    """Judge one measurement: `samples` are the values of `plan.checks`, in order."""
+def evaluate(
+    plan: Plan, requests: Sample, samples: Sequence[Sample], traffic: Sample | None = None
+) -> Measurement:
+    """Judge one measurement: `samples` are the values of `plan.checks`, in order; `traffic` the
+    answer to `plan.traffic` (requests to both revisions), which only informs, never judges."""
     if len(samples) != len(plan.checks):
         raise ValueError(f"{len(plan.checks)} checks but {len(samples)} samples")
     count = None if requests.error else (requests.value or 0.0)
+    total = None if traffic is None or traffic.error else (traffic.value or 0.0)
     enough = count is not None and count >= plan.min_requests
     results = tuple(
         CheckResult(
@@ -336,12 +372,23 @@ def evaluate(plan: Plan, requests: Sample, samples: Sequence[Sample]) -> Measure
         for check, sample in zip(plan.checks, samples, strict=True)
     )
     context = f"revision {plan.revision}"
-    if count is not None:
+    share = share_of(count, total)
+    if count is not None and share is not None and total is not None:
+        counted = f"{_format_count(count)} of {_format_count(total)}"
+        context += f", {counted} requests in {plan.window}: {format_share(share)}"
+    elif count is not None:
         context += f", {_format_count(count)} requests in {plan.window}"
-    return Measurement(results, count, f"{_headline(plan, results, requests, samples)} ({context})")
+    headline = _headline(plan, results, requests, samples, total)
+    return Measurement(results, count, f"{headline} ({context})", total)
 
 
-def _headline(plan: Plan, results: Sequence[CheckResult], requests: Sample, samples: Sequence[Sample]) -> str:
+def _headline(
+    plan: Plan,
+    results: Sequence[CheckResult],
+    requests: Sample,
+    samples: Sequence[Sample],
+    total: float | None,
+) -> str:
     verdict = worst(r.result for r in results)
     explained = [
         check.explain(sample.value)
@@ -357,6 +404,10 @@ def _headline(plan: Plan, results: Sequence[CheckResult], requests: Sample, samp
         reasons = []
     elif (requests.value or 0.0) < plan.min_requests:
         reasons = [f"fewer requests than minRequests {plan.min_requests}"]
+        if total is not None and total >= plan.min_requests:
+            # The model has traffic, the canary does not: the clients hold their connections to
+            # the stable pods (a Service balances connections, not requests).
+            reasons.append("the model's traffic does not reach the canary")
     else:
         reasons = explained
     errors = _errors(plan, requests, samples)
@@ -449,13 +500,19 @@ async def measure(
     name: str,
     revision: str,
     *,
+    stable: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Measurement:
-    """Measure one revision now: every query at once, judged by `evaluate`. Never raises."""
-    planned = plan(settings, namespace=namespace, name=name, revision=revision)
+    """Measure one revision now (and, with `stable`, its share of the model's requests): every
+    query at once, judged by `evaluate`. Never raises."""
+    planned = plan(settings, namespace=namespace, name=name, revision=revision, stable=stable)
     if not prometheus_url:
         missing = Sample(error=NO_PROMETHEUS)
         return evaluate(planned, missing, [missing] * len(planned.checks))
     queries = [planned.requests, *(check.query for check in planned.checks)]
+    if planned.traffic is not None:
+        queries.append(planned.traffic)
     samples = await asyncio.gather(*(query(session, prometheus_url, q, timeout=timeout) for q in queries))
-    return evaluate(planned, samples[0], samples[1:])
+    checks = samples[1 : 1 + len(planned.checks)]
+    traffic = samples[-1] if planned.traffic is not None else None
+    return evaluate(planned, samples[0], checks, traffic)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import aiohttp
 from modelship.operator.rollout import analysis
+from modelship.operator.rollout.state import RolloutState
 from modelship.operator.rollout.steps import Verdict
 from modelship.operator.spec import ModelDeployment
 
@@ -29,11 +30,22 @@ class Measurer:
             self._session = aiohttp.ClientSession(trust_env=False)
         settings = settings_of(md)
         url = settings.prometheus_url or self._default_url
-        measured = await analysis.measure(self._session, url, settings, md.namespace, md.name, revision)
+        stable = RolloutState.from_status(md.status).stable
+        measured = await analysis.measure(
+            self._session,
+            url,
+            settings,
+            md.namespace,
+            md.name,
+            revision,
+            stable=stable if stable != revision else None,
+        )
         return Verdict(
             verdict=measured.verdict,
             summary=measured.summary,
             results=tuple(measured.status_results()),
+            requests=measured.requests,
+            total=measured.total,
         )
 
     async def close(self) -> None:

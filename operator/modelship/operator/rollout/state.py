@@ -46,6 +46,10 @@ class RolloutState:
     retiring: str | None = None
     handled_action: str | None = None
     failures: int = 0
+    inconclusive: int = 0  # inconclusive measurements in a row
+    canary_requests: float | None = None  # of the last measurement, in its window
+    all_requests: float | None = None  # to the canary and the stable revision, in the same window
+    measured_at_weight: int | None = None  # the weight asked while the last measurement was taken
     runs: int = 0
     last_run: float | None = None
     verdict: str | None = None
@@ -76,6 +80,10 @@ class RolloutState:
             retiring=raw.get("retiring") or None,
             handled_action=raw.get("handledAction") or None,
             failures=int(analysis.get("failures") or 0),
+            inconclusive=int(analysis.get("inconclusive") or 0),
+            canary_requests=_number(analysis.get("canaryRequests")),
+            all_requests=_number(analysis.get("requests")),
+            measured_at_weight=_whole(_number(analysis.get("weight"))),
             runs=int(analysis.get("runs") or 0),
             last_run=bodies.timestamp(analysis.get("lastRun")),
             verdict=analysis.get("verdict") or None,
@@ -108,10 +116,24 @@ class RolloutState:
         if self.runs or self.last_run is not None:
             out["analysis"] = {
                 "failures": self.failures,
+                "inconclusive": self.inconclusive,
+                "canaryRequests": _whole(self.canary_requests),
+                "requests": _whole(self.all_requests),
+                "weight": self.measured_at_weight,
                 "runs": self.runs,
                 "lastRun": time(self.last_run),
                 "verdict": self.verdict,
                 "summary": self.summary,
                 "results": [dict(r) for r in self.results],
             }
+            out["analysis"] = {k: v for k, v in out["analysis"].items() if v is not None}
         return {key: value for key, value in out.items() if value is not None}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _whole(value: float | None) -> int | None:
+    # increase() extrapolates to the window's edges, so counts come back fractional.
+    return round(value) if value is not None else None

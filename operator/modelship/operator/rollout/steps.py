@@ -52,6 +52,8 @@ class Verdict:
     verdict: Result
     summary: str
     results: tuple[Mapping[str, Any], ...] = ()
+    requests: float | None = None  # to the canary in the window; None: unknown
+    total: float | None = None  # to the canary and the stable revision in the window; None: unknown
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class StepResult:
     weight: int  # the canary's share of traffic the steps ask for now
     requeue_after: float | None = None
     paused: str | None = None  # why the rollout waits, when it waits for a person or a clock
+    pause_reason: str = reasons.ROLLOUT_PAUSED  # the condition reason of that wait
     abort: Failure | None = None  # why the canary was rolled back (until a retry or a change)
     clear_action: bool = False
     action_note: str | None = None  # what the manual action did (or why it was ignored)
@@ -98,6 +101,7 @@ class _Intent:
     note: str | None = None  # what the action did, for status
     requeue: float | None = None
     paused: str | None = None
+    pause_reason: str = reasons.ROLLOUT_PAUSED
 
     def use(self, note: str) -> None:
         self.verb, self.note = None, note
@@ -302,9 +306,14 @@ def _check(
     if measurement is None:
         return state
     failures = {Result.FAIL: state.failures + 1, Result.PASS: 0}.get(measurement.verdict, state.failures)
+    inconclusive = state.inconclusive + 1 if measurement.verdict == Result.INCONCLUSIVE else 0
     state = dataclasses.replace(
         state,
         failures=failures,
+        inconclusive=inconclusive,
+        canary_requests=measurement.requests,
+        all_requests=measurement.total,
+        measured_at_weight=state.weight,
         runs=state.runs + 1,
         last_run=now,
         verdict=str(measurement.verdict),
@@ -327,6 +336,12 @@ def _walk_steps(
     settings: AnalysisSettings,
 ) -> RolloutState:
     """Every step that is done moves the index on; the first that is not sets the wait."""
+    if state.step < len(steps) and state.inconclusive >= settings.inconclusive_limit:
+        if intent.verb != VERB_PROMOTE:
+            return _inconclusive_pause(state, intent, now, settings)
+        # The user accepts what could not be measured: the step the rollout waits at is skipped
+        # below, as any promote skips it, and the streak starts over.
+        state = dataclasses.replace(state, inconclusive=0)
     while state.step < len(steps):
         step = steps[state.step]
         started = state.step_started if state.step_started is not None else now
@@ -354,6 +369,24 @@ def _walk_steps(
                 intent.paused = f"step {state.step + 1}: pause until {bodies.format_time(started + pause)}"
                 return state
         state = dataclasses.replace(state, step=state.step + 1, step_started=now)
+    return state
+
+
+def _inconclusive_pause(
+    state: RolloutState, intent: _Intent, now: float, settings: AnalysisSettings
+) -> RolloutState:
+    """Too many inconclusive measurements in a row: the rollout waits for a person or for data.
+
+    Argo Rollouts pauses on an Inconclusive AnalysisRun too; unlike it, the measurements go on
+    while paused, so a pass resumes the rollout and failures still abort it."""
+    intent.paused = (
+        f"step {state.step + 1}: analysis inconclusive {state.inconclusive} times in a row "
+        f"(inconclusiveLimit {settings.inconclusive_limit}): {state.summary or 'no data'}; "
+        "the rollout goes on after a pass, or now with kubectl modelship promote"
+    )
+    intent.pause_reason = reasons.ANALYSIS_INCONCLUSIVE
+    due = (state.last_run or now) + settings.interval
+    intent.wake_by(max(MIN_REQUEUE, due - now))
     return state
 
 
@@ -392,6 +425,7 @@ def _sized(
         weight=state.weight,
         requeue_after=intent.requeue,
         paused=intent.paused,
+        pause_reason=intent.pause_reason,
         clear_action=inputs.action is not None,
         action_note=intent.note,
     )
@@ -427,6 +461,10 @@ def _at_first_step(state: RolloutState, now: float) -> RolloutState:
         step_started=now,
         weight=0,
         failures=0,
+        inconclusive=0,
+        canary_requests=None,
+        all_requests=None,
+        measured_at_weight=None,
         runs=0,
         last_run=None,
         verdict=None,
