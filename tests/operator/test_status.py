@@ -248,3 +248,23 @@ def test_a_starved_canary_pauses_with_the_analysis_reason_in_the_conditions() ->
     assert rollout["actualWeight"] == 0
     assert conds[reasons.PROGRESSING] == ("True", reasons.ANALYSIS_INCONCLUSIVE)
     assert conds[reasons.READY] == ("False", reasons.ANALYSIS_INCONCLUSIVE)
+
+
+def test_an_aborted_canary_claims_no_measured_share() -> None:
+    md = spec.parse(CANARY_BODY)
+    revision = manifests.desired_revision(md, server_image="img:1")
+    observed = {"old": revision_state("old", "1", ready=4, wanted=4)}
+    current = state.RolloutState(
+        stable="old",
+        canary=revision.revision,
+        step=1,
+        weight=25,
+        canary_requests=250,
+        all_requests=1000,
+        runs=1,
+    )
+    failing = Failure(reasons.MODEL_LOAD_FAILED, "sha256 mismatch")
+    seen = steps.Inputs(revision.revision, "2", observed, size=4, target_failure=failing)
+    rollout = st.rollout_status(md, steps.advance(md.rollout, current, seen, 10.0), observed)
+    assert "actualWeight" not in rollout and rollout["replicaWeight"] == 0
+    assert "aborted" in rollout["traffic"]

@@ -227,9 +227,12 @@ def traffic(
     if outcome.canary is None:
         return {"traffic": "every request goes to the stable revision"}
     state = outcome.state
-    share = analysis.share_of(state.canary_requests, state.all_requests)
+    # After an abort the last measurement tells of a split that is over.
+    share = None if outcome.abort else analysis.share_of(state.canary_requests, state.all_requests)
     measured = round(100 * share) if share is not None else None
-    if share is not None and state.all_requests is not None:
+    if outcome.abort is not None:
+        seen = "aborted: the canary takes no requests"
+    elif share is not None and state.all_requests is not None:
         when = f" at {bodies.format_time(state.last_run)}" if state.last_run is not None else ""
         seen = (
             f"measured {analysis.format_share(share)} of {round(state.all_requests)} requests in the "
