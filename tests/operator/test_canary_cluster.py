@@ -154,6 +154,49 @@ def test_a_good_canary_is_promoted_through_every_step(
     wait_until(lambda: told <= event_reasons(models), what=f"events {sorted(told)}")
 
 
+def test_a_canary_no_traffic_reaches_pauses_and_goes_on_when_its_requests_pass(
+    models: Models, scraped_servers: ScrapedServers, tmp_path: Path
+) -> None:
+    """Issue #29: the stable revision serves all the model's requests, the canary none (clients
+    that keep their connections): inconclusiveLimit measurements pause the rollout with a reason
+    that says so, the measurements go on, and the first pass once requests reach it resumes it."""
+    steps = [{"setWeight": 25}, {"analysis": {}}, {"setWeight": 50}]
+    rollout = rollout_spec(steps)
+    rollout["canary"]["analysis"]["inconclusiveLimit"] = 2
+    status = start(models, "starved", rollout)
+    canary = status["rollout"]["canaryRevision"]
+    stable = status["rollout"]["stableRevision"]
+    model = canary_models.healthy()
+    path = model.save(tmp_path)
+    old = scraped_servers.start(path, namespace=models.namespace, revision=stable)
+    new = scraped_servers.start(path, namespace=models.namespace, revision=canary)
+
+    def paused_for_no_traffic() -> dict[str, Any] | None:
+        status = models.get("starved").get("status") or {}
+        rollout = status.get("rollout") or {}
+        reads = rollout.get("pauseCondition") == "AnalysisInconclusive" and rollout.get("actualWeight") == 0
+        return status if reads else None
+
+    with old.traffic([model.request]):
+        status = wait_until(paused_for_no_traffic, timeout=60, what="a pause for inconclusive analysis")
+        rollout = status["rollout"]
+        assert status["phase"] == "Paused" and rollout["step"] == 1 and rollout["weight"] == 25
+        assert "the model's traffic does not reach the canary" in rollout["pauseReason"], rollout
+        assert rollout["analysis"]["inconclusive"] >= 2 and rollout["analysis"]["canaryRequests"] == 0
+        assert rollout["analysis"]["requests"] >= 5, rollout["analysis"]
+        conditions = {c["type"]: c["reason"] for c in status["conditions"]}
+        assert conditions["Progressing"] == conditions["Ready"] == "AnalysisInconclusive"
+        runs = rollout["analysis"]["runs"]
+        wait_until(
+            lambda: rollout_of(models, "starved")["analysis"]["runs"] > runs,
+            what="the measurements to go on while paused",
+        )
+        with new.traffic([model.request]):
+            status = wait_promoted(models, "starved", "2", timeout=90)
+    assert status["rollout"]["analysis"]["verdict"] == "Pass"
+    wait_until(lambda: "AnalysisInconclusive" in event_reasons(models), what="the AnalysisInconclusive event")
+
+
 def test_a_growing_canary_never_grows_the_stable_revision(models: Models, k8s_api: client.ApiClient) -> None:
     """Issue #31, watched from outside: every size the stable Deployment is written with through
     a full canary never goes up, and its ReplicaSets create no pod; one RevisionUpdated per size."""
