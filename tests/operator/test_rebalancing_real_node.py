@@ -17,9 +17,11 @@ Zero failed requests in all of it.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -28,7 +30,7 @@ from kubernetes import client
 from modelship.operator import naming, reasons
 
 from tests.conftest import ROOT
-from tests.keepalive_load import KeepAliveLoad, wrk_load, wrk_result
+from tests.keepalive_load import KeepAliveLoad, LoadResult, wrk_load, wrk_result
 from tests.operator.conftest import OperatorProcess
 from tests.operator.models import Models
 from tests.real_node import ready_real_node, routed_into_node
@@ -106,28 +108,43 @@ class RolloutHistory:
         self._thread.join(timeout=10)
 
 
+@dataclass
+class Clients:
+    """The pooled clients of a test, all at once: 4 http.client connections and an httpx pool of 4
+    (`pool`), and `wrk -t2 -c8`."""
+
+    pool: KeepAliveLoad
+    wrk: subprocess.Popen[str]
+
+    def stop(self) -> tuple[LoadResult, LoadResult]:
+        """(the pool's result, wrk's result)."""
+        return self.pool.stop(), wrk_result(self.wrk, interrupt=True)
+
+
 @pytest.fixture
-def pooled_clients() -> Iterator[list[Any]]:
-    """Handles to stop: the loads a test starts register here, so they stop even when it fails."""
-    started: list[Any] = []
-    yield started
-    for load in started:
-        if isinstance(load, KeepAliveLoad):
-            load.stop()
-        elif load.poll() is None:
-            wrk_result(load, interrupt=True)
+def start_clients() -> Iterator[Callable[[str], Clients]]:
+    """Starts the clients on a URL and waits until they are answered; stops them after the test,
+    also when it fails."""
+    started: list[Clients] = []
+
+    def start(url: str) -> Clients:
+        pool = KeepAliveLoad(url, REQUEST, connections=4, pooled=4)
+        pool.start()
+        clients = Clients(pool, wrk_load(url, REQUEST, seconds=400))
+        started.append(clients)
+        wait_until(lambda: pool.result.ok >= 100 or pool.result.failed, timeout=30, what="the load to run")
+        return clients
+
+    yield start
+    for clients in started:
+        if clients.wrk.poll() is None:
+            clients.stop()
 
 
 def test_a_canary_gets_its_weight_of_the_requests_of_clients_connected_before_it(
-    models: Models, prometheus: Prometheus, pooled_clients: list[Any]
+    models: Models, prometheus: Prometheus, start_clients: Callable[[str], Clients]
 ) -> None:
-    url = _serve(models, prometheus, replicas=4)
-    pool = KeepAliveLoad(url, REQUEST, connections=4, pooled=4)
-    pool.start()
-    pooled_clients.append(pool)
-    wrk = wrk_load(url, REQUEST, seconds=400)
-    pooled_clients.append(wrk)
-    wait_until(lambda: pool.result.ok >= 100 or pool.result.failed, timeout=30, what="the load to run")
+    clients = start_clients(_serve(models, prometheus, replicas=4))
     steps = [
         {"setWeight": 25},
         # The analysis measures the window before it: within two intervals of the canary's pods
@@ -145,11 +162,10 @@ def test_a_canary_gets_its_weight_of_the_requests_of_clients_connected_before_it
             {"spec": {"model": V2, "rollout": {"canary": {"steps": steps, "analysis": analysis}}}},
         )
         body = models.wait_ready(NAME, timeout=300)
-    pool.stop()
-    wrk_out = wrk_result(wrk, interrupt=True)
+    pooled, wrk = clients.stop()
     assert body["status"]["model"]["version"] == V2["version"]
-    assert pool.result.failed == 0, f"the pooled clients: {pool.result}"
-    assert wrk_out.failed == 0, f"wrk: {wrk_out}"
+    assert pooled.failed == 0, f"the pooled clients: {pooled}"
+    assert wrk.failed == 0, f"wrk: {wrk}"
     assert history.inconclusive_pauses == 0, "the rollout paused for inconclusive measurements"
 
     # The measurement that let each analysis step pass: at its weight, and about that share.
@@ -170,8 +186,8 @@ def test_a_canary_gets_its_weight_of_the_requests_of_clients_connected_before_it
         assert abs(100 * share - weight) <= TOLERANCE + 1, analysed
         assert analysed["requests"] >= 1000, analysed  # the share of real load, not of a trickle
     # The clients connected before the canary existed reached it too, and were asked to reconnect.
-    assert pool.versions()[V2["version"]] > 0, pool.versions()
-    assert pool.result.reconnects > 0, pool.result
+    assert clients.pool.versions()[V2["version"]] > 0, clients.pool.versions()
+    assert pooled.reconnects > 0, pooled
 
 
 def _requests_by_pod(prometheus: Prometheus, namespace: str, window: str) -> dict[str, float]:
@@ -182,15 +198,9 @@ def _requests_by_pod(prometheus: Prometheus, namespace: str, window: str) -> dic
 
 
 def test_pods_added_under_load_get_their_share_of_connected_clients_within_seconds(
-    models: Models, prometheus: Prometheus, pooled_clients: list[Any]
+    models: Models, prometheus: Prometheus, start_clients: Callable[[str], Clients]
 ) -> None:
-    url = _serve(models, prometheus, replicas=2)
-    pool = KeepAliveLoad(url, REQUEST, connections=4, pooled=4)
-    pool.start()
-    pooled_clients.append(pool)
-    wrk = wrk_load(url, REQUEST, seconds=300)
-    pooled_clients.append(wrk)
-    wait_until(lambda: pool.result.ok >= 100 or pool.result.failed, timeout=30, what="the load to run")
+    clients = start_clients(_serve(models, prometheus, replicas=2))
     before = {p.metadata.name for p in models.pods(NAME)}
 
     models.patch(NAME, {"spec": {"replicas": 4}})
@@ -208,8 +218,7 @@ def test_pods_added_under_load_get_their_share_of_connected_clients_within_secon
 
     shares = wait_until(every_pod_serves, timeout=30, interval=0.5, what="every pod to serve a tenth or more")
     took = time.monotonic() - ready_at
-    pool.stop()
-    wrk_out = wrk_result(wrk, interrupt=True)
+    pooled, wrk = clients.stop()
     print(f"every pod served within {took:.1f}s of the scale-up being ready: {shares}")
-    assert pool.result.failed == 0, f"the pooled clients: {pool.result}"
-    assert wrk_out.failed == 0, f"wrk: {wrk_out}"
+    assert pooled.failed == 0, f"the pooled clients: {pooled}"
+    assert wrk.failed == 0, f"wrk: {wrk}"
