@@ -5,9 +5,10 @@ The benchmarks run as scripts (`python bench/<name>.py`), so this folder is on s
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from kubernetes.client.rest import ApiException
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import RESTRICTED, fresh_namespace_name  # noqa: E402
 from tests.no_proxy import drop_proxy_variables  # noqa: E402
 from tests.operator_process import KopfProcess  # noqa: E402
 from tests.support import wait_until  # noqa: E402
@@ -80,3 +82,19 @@ class StandaloneOperator(KopfProcess):
             ready="Activity 'startup' succeeded",
             timeout=60,
         )
+
+
+@contextlib.contextmanager
+def operated_namespace(api: client.ApiClient, kubeconfig: str, work: Path, prefix: str) -> Iterator[str]:
+    """A fresh namespace under Pod Security `restricted`, with the operator alone on it (no
+    Prometheus); both gone, the namespace waited out, when the block ends."""
+    core = client.CoreV1Api(api)
+    name = fresh_namespace_name(prefix)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=RESTRICTED)))
+    operator = StandaloneOperator(kubeconfig, name, "", work / f"operator-{name}.log")
+    operator.start()
+    try:
+        yield name
+    finally:
+        operator.stop()
+        delete_namespace(core, name, 300, 0.5)

@@ -28,9 +28,8 @@ from kubernetes import client, config
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchlib import StandaloneOperator, apply_crds, delete_namespace, wait  # noqa: E402
+from benchlib import apply_crds, operated_namespace, wait  # noqa: E402
 
-from tests.conftest import RESTRICTED, fresh_namespace_name  # noqa: E402
 from tests.keepalive_load import KeepAliveLoad, LoadResult, wrk_load, wrk_result  # noqa: E402
 from tests.operator.models import Models  # noqa: E402
 from tests.real_node import routed_into_node  # noqa: E402
@@ -50,11 +49,7 @@ def example_model(path: str) -> dict[str, Any]:
 
 def one_run(kind: str, api: client.ApiClient, kubeconfig: str, work: Path) -> tuple[LoadResult, float]:
     core = client.CoreV1Api(api)
-    ns = fresh_namespace_name("bench-keepalive")
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns, labels=RESTRICTED)))
-    operator = StandaloneOperator(kubeconfig, ns, "", work / f"operator-{ns}.log")
-    operator.start()
-    try:
+    with operated_namespace(api, kubeconfig, work, "bench-keepalive") as ns:
         models = Models(api, ns)
         resources = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
         models.create(NAME, {"model": example_model("minimal.yaml"), "replicas": 2, "resources": resources})
@@ -84,9 +79,6 @@ def one_run(kind: str, api: client.ApiClient, kubeconfig: str, work: Path) -> tu
         finally:
             result = pool.stop() if pool is not None else wrk_result(wrk, interrupt=True)  # type: ignore[arg-type]
         return result, took
-    finally:
-        operator.stop()
-        delete_namespace(core, ns, 300, 0.5)
 
 
 def main() -> None:
@@ -118,7 +110,7 @@ def main() -> None:
             f"{run:>3}  {kind:<5} {result.sent:>7} {result.failed:>6}  {reconnects:>11}  {took:>7.1f}s  "
             f"{dict(result.failures) or ''}"
         )
-    print("* reconnects of the 4 single-connection clients, each told `Connection: close` by a pod leaving")
+    print("* reconnects of the 4 single-connection clients, each told `Connection: close` (a pod leaving, or its connection bound reached)")
     total = sum(r[2].sent for r in rows), sum(r[2].failed for r in rows)
     print(f"total: {total[0]} requests sent, {total[1]} failed")
 

@@ -33,9 +33,8 @@ from kubernetes import client, config
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchlib import StandaloneOperator, apply_crds, delete_namespace  # noqa: E402
+from benchlib import apply_crds, operated_namespace  # noqa: E402
 
-from tests.conftest import RESTRICTED, fresh_namespace_name  # noqa: E402
 from tests.keepalive_load import wrk_load, wrk_result  # noqa: E402
 from tests.operator.models import Models  # noqa: E402
 from tests.real_node import routed_into_node  # noqa: E402
@@ -80,12 +79,8 @@ def pod_counters(http: httpx.Client, ip: str) -> tuple[float, float]:
 
 def one_setting(setting: str, api: client.ApiClient, kubeconfig: str, work: Path) -> Outcome:
     core = client.CoreV1Api(api)
-    ns = fresh_namespace_name("bench-rebalance")
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns, labels=RESTRICTED)))
-    operator = StandaloneOperator(kubeconfig, ns, "", work / f"operator-{ns}.log")
-    operator.start()
     outcome = Outcome(setting)
-    try:
+    with operated_namespace(api, kubeconfig, work, "bench-rebalance") as ns:
         models = Models(api, ns)
         model = dict(yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())["spec"]["model"])
         server = {"connections": connections_spec(setting)}
@@ -113,9 +108,6 @@ def one_setting(setting: str, api: client.ApiClient, kubeconfig: str, work: Path
         outcome.sent, outcome.failed = result.sent, result.failed
         summarise(outcome, samples, added)
         return outcome
-    finally:
-        operator.stop()
-        delete_namespace(core, ns, 300, 0.5)
 
 
 def summarise(
