@@ -110,7 +110,10 @@ def main() -> None:
             f"{run:>3}  {kind:<5} {result.sent:>7} {result.failed:>6}  {reconnects:>11}  {took:>7.1f}s  "
             f"{dict(result.failures) or ''}"
         )
-    print("* reconnects of the 4 single-connection clients, each told `Connection: close` (a pod leaving, or its connection bound reached)")
+    print(
+        "* reconnects of the 4 single-connection clients, each told `Connection: close` "
+        "(a pod leaving, or its connection's bound reached)"
+    )
     total = sum(r[2].sent for r in rows), sum(r[2].failed for r in rows)
     print(f"total: {total[0]} requests sent, {total[1]} failed")
 
