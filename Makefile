@@ -87,6 +87,11 @@ bench-rebalance: install ## how fast a pod added under keep-alive load gets its 
 	$(CLUSTER) up --real-node
 	$(PY) bench/rebalance.py --png bench/figures/rebalance.png
 
+.PHONY: bench-autoscale
+bench-autoscale: install ## the HPA under a step load (1 → 8 → 32 connections), on CPU and on in-flight requests (PNG too)
+	$(CLUSTER) up --real-node
+	$(PY) bench/autoscale.py --png bench/figures/autoscale.png
+
 .PHONY: lint
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check operator server_image tests bench hack

@@ -49,6 +49,7 @@ class LoadResult:
     ok: int = 0
     failures: collections.Counter[str] = field(default_factory=collections.Counter)
     reconnects: int = 0
+    output: str = ""  # what the load generator printed, when it is a program (wrk)
 
     @property
     def failed(self) -> int:
@@ -62,8 +63,11 @@ class LoadResult:
 
 
 class KeepAliveLoad:
-    def __init__(self, url: str, body: dict[str, Any], *, connections: int = 4, pooled: int = 4) -> None:
+    def __init__(
+        self, url: str, body: dict[str, Any], *, connections: int = 4, pooled: int = 4, pace: float = PACE
+    ) -> None:
         self.url = url
+        self.pace = pace  # seconds each client waits between two requests
         self.body = orjson.dumps(body)
         self.connections = connections
         self.pooled = pooled
@@ -111,7 +115,7 @@ class KeepAliveLoad:
                 except (OSError, http.client.HTTPException) as exc:
                     self._count(type(exc).__name__, reconnected)
                     conn.close()
-                time.sleep(PACE)
+                time.sleep(self.pace)
         finally:
             conn.close()
 
@@ -124,7 +128,7 @@ class KeepAliveLoad:
                 self._count(None if response.is_success else str(response.status_code), body=response.content)
             except httpx.HTTPError as exc:
                 self._count(type(exc).__name__)
-            time.sleep(PACE)
+            time.sleep(self.pace)
 
     def __enter__(self) -> KeepAliveLoad:
         self.start()
@@ -155,7 +159,13 @@ class KeepAliveLoad:
 
 
 def wrk_load(
-    url: str, body: dict[str, Any], *, seconds: float, threads: int = 2, connections: int = 8
+    url: str,
+    body: dict[str, Any],
+    *,
+    seconds: float,
+    threads: int = 2,
+    connections: int = 8,
+    latency: bool = False,
 ) -> subprocess.Popen[str]:
     """Start `wrk -t2 -c8` POSTing `body` for `seconds` (at most MAX_SECONDS); read it with `wrk_result`."""
     wrk = shutil.which("wrk")
@@ -177,6 +187,7 @@ def wrk_load(
             "10s",
             "-s",
             str(script),
+            *(["--latency"] if latency else []),
             url,
         ],
         stdout=subprocess.PIPE,
@@ -190,7 +201,7 @@ def wrk_result(process: subprocess.Popen[str], *, interrupt: bool = False) -> Lo
     if interrupt and process.poll() is None:
         process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=MAX_SECONDS + 30)
-    result = LoadResult()
+    result = LoadResult(output=out)
     sent = re.search(r"(\d+) requests in", out)
     if not sent:
         raise AssertionError(f"wrk printed no total:\n{out}")

@@ -238,3 +238,40 @@ def test_deleting_the_pod_makes_the_deployment_start_a_new_one(echo: EchoApp) ->
         what="the Service to answer from the new pod",
     )
     assert body["pod"] == new.metadata.name
+
+
+def test_kubectl_top_shows_the_real_pods_cpu_and_memory_from_metrics_server(echo: EchoApp) -> None:
+    # metrics-server scrapes the kubelet every 10 s: the pod's first figures come within a few.
+    def top() -> str | None:
+        out = subprocess.run(
+            [*echo.kubectl, "-n", echo.namespace, "top", "pods", "--no-headers"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return out.stdout if out.returncode == 0 and out.stdout.strip() else None
+
+    lines = wait_until(top, timeout=90, interval=2, what="kubectl top pods to show the echo pod").splitlines()
+    pods = {p.metadata.name for p in echo.ready_pods()}
+    figures = {line.split()[0]: line.split()[1:] for line in lines}
+    assert pods <= set(figures), (pods, lines)
+    for cpu, memory in figures.values():
+        assert cpu.endswith("m") and memory.endswith("Mi"), lines
+        assert int(memory[:-2]) > 0, lines
+
+
+def test_the_custom_metrics_api_is_served_through_the_aggregation_layer(echo: EchoApp) -> None:
+    listing = json.loads(echo.run_kubectl("get", "--raw", "/apis/custom.metrics.k8s.io/v1beta1"))
+    assert listing["kind"] == "APIResourceList", listing
+    assert listing["groupVersion"] == "custom.metrics.k8s.io/v1beta1", listing
+    services = json.loads(echo.run_kubectl("get", "apiservices", "-o", "json"))["items"]
+    available = {
+        s["metadata"]["name"]
+        for s in services
+        if any(c["type"] == "Available" and c["status"] == "True" for c in s["status"].get("conditions", ()))
+    }
+    assert {
+        "v1beta1.metrics.k8s.io",
+        "v1beta1.custom.metrics.k8s.io",
+        "v1beta2.custom.metrics.k8s.io",
+    } <= available

@@ -51,6 +51,29 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
     ("zero-replicas", body(replicas=0)),
     ("most-replicas", body(replicas=1000)),
     ("autoscaled-with-defaults", body(autoscaling={"maxReplicas": 4})),
+    (
+        "autoscaled-on-cpu-said-so",
+        body(autoscaling={"maxReplicas": 4, "metric": "cpu", "targetCPUUtilization": 60}),
+    ),
+    (
+        "autoscaled-on-inflight-requests-without-a-cpu-request",
+        body(
+            autoscaling={"maxReplicas": 4, "metric": "inflightRequests", "targetInflightRequests": 1.5},
+            resources={"requests": {"memory": "1Gi"}},
+        ),
+    ),
+    (
+        "scaling-behavior",
+        body(
+            autoscaling={
+                "maxReplicas": 4,
+                "behavior": {
+                    "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Disabled"},
+                    "scaleDown": {"policies": [{"type": "Pods", "value": 2, "periodSeconds": 1800}]},
+                },
+            }
+        ),
+    ),
     ("http-uri", body(model={"uri": "http://store.local/iris.onnx"})),
     ("file-uri-without-sha", without("model.sha256", model={"uri": "file:///models/iris.onnx"})),
     ("pvc-uri", without("model.sha256", model={"version": "2024.06-01", "uri": "pvc://models/iris/3.onnx"})),
@@ -201,6 +224,115 @@ BAD: list[Any] = [
         body(autoscaling={"maxReplicas": 3}, resources={"requests": {"memory": "1Gi"}}),
         "autoscaling on CPU utilisation needs resources.requests.cpu",
         id="autoscaling-without-cpu-request",
+    ),
+    pytest.param(
+        body(autoscaling={"maxReplicas": 3, "metric": "cpu"}, resources={"requests": {"memory": "1Gi"}}),
+        "autoscaling on CPU utilisation needs resources.requests.cpu",
+        id="cpu-metric-without-cpu-request",
+    ),
+    pytest.param(
+        body(autoscaling={"maxReplicas": 3, "targetInflightRequests": 2}),
+        "targetInflightRequests applies to metric: inflightRequests (metric defaults to cpu)",
+        id="inflight-target-without-its-metric",
+    ),
+    pytest.param(
+        body(autoscaling={"maxReplicas": 3, "metric": "cpu", "targetInflightRequests": 2}),
+        "targetInflightRequests applies to metric: inflightRequests",
+        id="inflight-target-with-cpu-metric",
+    ),
+    pytest.param(
+        body(autoscaling={"maxReplicas": 3, "metric": "inflightRequests"}),
+        "metric inflightRequests needs targetInflightRequests, the average in-flight requests per pod",
+        id="inflight-metric-without-its-target",
+    ),
+    pytest.param(
+        body(
+            autoscaling={
+                "maxReplicas": 3,
+                "metric": "inflightRequests",
+                "targetInflightRequests": 2,
+                "targetCPUUtilization": 70,
+            }
+        ),
+        "targetCPUUtilization applies to metric: cpu only",
+        id="cpu-target-with-inflight-metric",
+    ),
+    pytest.param(
+        body(autoscaling={"maxReplicas": 3, "metric": "memory"}),
+        "'memory' is not one of ['cpu', 'inflightRequests']",
+        id="unknown-metric",
+    ),
+    pytest.param(
+        body(autoscaling={"maxReplicas": 3, "metric": "inflightRequests", "targetInflightRequests": 0}),
+        "targetInflightRequests: 0 is less than or equal to the minimum of 0",
+        id="zero-inflight-target",
+    ),
+    pytest.param(
+        body(autoscaling={"maxReplicas": 3, "metric": "inflightRequests", "targetInflightRequests": 10001}),
+        "targetInflightRequests: 10001 is greater than the maximum of 10000",
+        id="too-high-inflight-target",
+    ),
+    pytest.param(
+        body(autoscaling={"maxReplicas": 3, "metric": "inflightRequests", "targetInflightRequests": "2"}),
+        "targetInflightRequests: '2' is not of type 'number'",
+        id="inflight-target-as-text",
+    ),
+    pytest.param(
+        body(autoscaling={"maxReplicas": 3, "behavior": {"scaleUp": {"selectPolicy": "Fastest"}}}),
+        "'Fastest' is not one of ['Max', 'Min', 'Disabled']",
+        id="unknown-select-policy",
+    ),
+    pytest.param(
+        body(autoscaling={"maxReplicas": 3, "behavior": {"scaleDown": {"stabilizationWindowSeconds": 7200}}}),
+        "stabilizationWindowSeconds: 7200 is greater than the maximum of 3600",
+        id="long-stabilization-window",
+    ),
+    pytest.param(
+        body(autoscaling={"maxReplicas": 3, "behavior": {"scaleDown": {"policies": []}}}),
+        "policies: [] should be non-empty",
+        id="no-policies",
+    ),
+    pytest.param(
+        body(
+            autoscaling={
+                "maxReplicas": 3,
+                "behavior": {"scaleUp": {"policies": [{"type": "Pods", "value": 1}]}},
+            }
+        ),
+        "'periodSeconds' is a required property",
+        id="policy-without-period",
+    ),
+    pytest.param(
+        body(
+            autoscaling={
+                "maxReplicas": 3,
+                "behavior": {
+                    "scaleUp": {"policies": [{"type": "Replicas", "value": 1, "periodSeconds": 15}]}
+                },
+            }
+        ),
+        "'Replicas' is not one of ['Pods', 'Percent']",
+        id="unknown-policy-type",
+    ),
+    pytest.param(
+        body(
+            autoscaling={
+                "maxReplicas": 3,
+                "behavior": {"scaleUp": {"policies": [{"type": "Pods", "value": 0, "periodSeconds": 15}]}},
+            }
+        ),
+        "value: 0 is less than the minimum of 1",
+        id="zero-policy-value",
+    ),
+    pytest.param(
+        body(
+            autoscaling={
+                "maxReplicas": 3,
+                "behavior": {"scaleUp": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 3600}]}},
+            }
+        ),
+        "periodSeconds: 3600 is greater than the maximum of 1800",
+        id="long-policy-period",
     ),
     pytest.param(
         body(resources={"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}),

@@ -84,6 +84,24 @@ def ready_deployment(manifest: dict[str, Any], ready: int | None = None, **kwarg
     )
 
 
+def replicas_managed_by(
+    body: dict[str, Any], manager: str, *, operation: str = "Apply", subresource: str | None = None
+) -> dict[str, Any]:
+    """The body with `manager` recorded as owning spec.replicas, as the API server's managedFields
+    say it (an HPA's scale writes: manager kube-controller-manager, Update, subresource scale)."""
+    entry: dict[str, Any] = {
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": "apps/v1",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:spec": {"f:replicas": {}}},
+    }
+    if subresource is not None:
+        entry["subresource"] = subresource
+    body["metadata"].setdefault("managedFields", []).append(entry)
+    return body
+
+
 def pod(
     revision: str,
     name: str = "iris-pod",

@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from modelship.operator import bodies, manifests, naming, spec
 from modelship.operator import cache as cache_module
-from modelship.operator import manifests, naming, spec
 from modelship.operator.cache import MODEL_DEPLOYMENT, ObjectCache
 
 from tests.operator.factories import live, md_body
@@ -156,8 +156,44 @@ def test_trimming_keeps_what_reconciling_reads() -> None:
     assert trimmed["metadata"]["labels"][naming.LABEL_REVISION]
 
 
+def test_trimming_keeps_only_who_owns_spec_replicas_of_the_managed_fields() -> None:
+    """Whether our apply still owns spec.replicas decides the handover to the autoscaler."""
+    body = live(target_deployment())
+    template = {"f:template": {"f:spec": {"f:containers": {}}}}
+    body["metadata"]["managedFields"] = [
+        {
+            "manager": naming.FIELD_MANAGER,
+            "operation": "Apply",
+            "fieldsV1": {"f:spec": {"f:replicas": {}, **template}},
+        },
+        {
+            "manager": "kube-controller-manager",
+            "operation": "Update",
+            "subresource": "status",
+            "fieldsV1": {"f:status": {}},
+        },
+    ]
+    trimmed = cache_module.trim_object(body)
+    assert trimmed["metadata"]["managedFields"] == [
+        {"manager": naming.FIELD_MANAGER, "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+    ]
+    assert bodies.applies_replicas(trimmed, naming.FIELD_MANAGER)
+    assert not bodies.applies_replicas(trimmed, naming.HANDOVER_FIELD_MANAGER)
+
+
 def test_the_cache_keeps_objects_packed_and_unpacks_them_unchanged() -> None:
     trimmed = cache_module.trim_object(live(target_deployment()))
     packed = cache_module.pack(trimmed)
     assert isinstance(packed, str)
     assert cache_module.unpack(packed) == trimmed
+
+
+def test_an_hpas_status_change_reaches_its_owner_with_the_status_kept() -> None:
+    """status.autoscaling is read from the HPA's status: the HPA controller's writes must reach it."""
+    cache = ObjectCache()
+    cache.apply_event(MODEL_DEPLOYMENT, None, md_body())
+    hpa = child("HorizontalPodAutoscaler", "iris", "7")
+    assert cache.apply_event("HorizontalPodAutoscaler", "ADDED", hpa) == ("ml", "iris")
+    hpa = {**hpa, "metadata": {**hpa["metadata"], "resourceVersion": "8"}, "status": {"desiredReplicas": 3}}
+    assert cache.apply_event("HorizontalPodAutoscaler", "MODIFIED", hpa) == ("ml", "iris")
+    assert cache.children(("ml", "iris")).autoscalers[0]["status"] == {"desiredReplicas": 3}

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -418,3 +419,69 @@ def test_a_slow_canary_is_rolled_back_on_its_p99_latency(
     assert degraded is not None and degraded["reason"] == "AnalysisFailed"
     assert "latency-p99" in degraded["message"] and "> 0.01s" in degraded["message"], degraded["message"]
     assert replicas(models, "slow") == {stable: 4, canary: 0}
+
+
+class ServingSizes:
+    """What the HPA scales, read every 0.1 s from outside: (its scaleTargetRef, that Deployment's
+    spec.replicas) at each read, from before the model exists until the block ends."""
+
+    def __init__(self, models: Models, name: str) -> None:
+        self.models, self.name = models, name
+        self.seen: list[tuple[str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                hpa = self.models.autoscaling.read_namespaced_horizontal_pod_autoscaler(
+                    self.name, self.models.namespace
+                )
+                target = hpa.spec.scale_target_ref.name
+                deployment = self.models.apps.read_namespaced_deployment(target, self.models.namespace)
+            except Exception:  # not there yet (or gone, retired), or a transient API error
+                continue
+            if deployment.metadata.deletion_timestamp is None:
+                self.seen.append((target, deployment.spec.replicas))
+
+    def __enter__(self) -> ServingSizes:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_promoting_an_autoscaled_canary_never_shrinks_the_serving_size(models: Models) -> None:
+    """Issue #14: the Deployment the HPA scales never has fewer than minReplicas, neither when the
+    model is created nor when a canary is promoted and the HPA's size handed over to it (server-side
+    apply used to drop the field we stopped applying, and the Deployment to 1 replica). KWOK pods
+    have no CPU metrics, so the HPA keeps whatever size it finds within its bounds."""
+    scaling = {"minReplicas": 3, "maxReplicas": 6, "metric": "cpu"}
+    rollout = rollout_spec([{"setWeight": 50}, {"setWeight": 100}], analysis=False)
+    with ServingSizes(models, "handover") as sizes:
+        models.create("handover", model_spec(version="1", autoscaling=scaling, rollout=rollout))
+        stable = models.wait_ready("handover", timeout=60)["status"]["model"]["revision"]
+        models.patch("handover", {"spec": {"model": model_spec(version="2")["model"]}})
+        new = wait_promoted(models, "handover", "2")["model"]["revision"]
+        # A while longer than the HPA's sync period (5 s on the test cluster), which would raise
+        # a Deployment that fell to 1 replica back up.
+        time.sleep(6)
+    assert new != stable
+    serving = naming.deployment_name("handover", new)
+    targets = [target for target, _ in sizes.seen]
+    assert naming.deployment_name("handover", stable) in targets and serving in targets, targets
+    assert min(size for _, size in sizes.seen) >= 3, sizes.seen
+
+    hpa = models.autoscaling.read_namespaced_horizontal_pod_autoscaler("handover", models.namespace)
+    assert hpa.spec.scale_target_ref.name == serving
+    deployment = models.apps.read_namespaced_deployment(serving, models.namespace)
+    assert deployment.spec.replicas >= 3
+    # Handed over: our apply no longer holds spec.replicas, another manager does.
+    owners = {
+        entry.manager
+        for entry in deployment.metadata.managed_fields
+        if "f:replicas" in (entry.fields_v1 or {}).get("f:spec", {})
+    }
+    assert owners and naming.FIELD_MANAGER not in owners, owners

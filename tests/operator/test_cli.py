@@ -291,6 +291,30 @@ def test_an_action_not_yet_acted_on_is_shown_as_pending() -> None:
     assert "Action:" not in output
 
 
+def test_an_autoscaled_model_shows_its_load_and_size() -> None:
+    body = md(copy.deepcopy(HEALTHY))
+    body["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 6}
+    body["status"]["autoscaling"] = {"load": "3.2/2 in-flight", "currentReplicas": 3, "desiredReplicas": 4}
+    assert field(text(body), "Autoscaling") == "3.2/2 in-flight, 3 → 4 replicas (min 1, max 6)"
+    body["status"]["autoscaling"] = {
+        "load": "?/2 in-flight",
+        "currentReplicas": 2,
+        "desiredReplicas": 2,
+        "problem": {
+            "reason": "FailedGetPodsMetric",
+            "message": "the HPA cannot read modelship_inflight_requests",
+        },
+    }
+    output = text(body)
+    assert field(output, "Autoscaling") == "?/2 in-flight, 2 replicas (min 1, max 6)"
+    assert lines_after(output, "Autoscaling:") == [
+        "FailedGetPodsMetric: the HPA cannot read modelship_inflight_requests"
+    ]
+    del body["status"]["autoscaling"]
+    assert field(text(body), "Autoscaling") == "no reading yet (min 1, max 6)"
+    assert "Autoscaling" not in labels(text(md(HEALTHY)))
+
+
 def test_all_steps_done_marks_none_current() -> None:
     status = {**MID_ROLLOUT, "rollout": {**MID_ROLLOUT["rollout"], "step": 5, "stepStartedAt": None}}
     output = text(md(status))

@@ -6,6 +6,7 @@ Retry-After header), so the client's own retry loop, timing and parsing run unch
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import unused_port
 from modelship.operator import client as kube
-from modelship.operator import kinds, spec
+from modelship.operator import kinds, naming, spec
 from modelship.operator.rollout import measuring
 
 from tests.operator.factories import md_body
@@ -36,6 +37,7 @@ class FakeApi:
     url: str
     answers: list[web.Response] = field(default_factory=list)  # given out one per request, in order
     arrivals: list[float] = field(default_factory=list)
+    requests: list[dict[str, object]] = field(default_factory=list)  # what each request sent
 
     def client(self) -> kube.KubeClient:
         return kube.KubeClient(lambda: kopf.ConnectionInfo(server=self.url), attempts=3, backoff=0.01)
@@ -46,10 +48,12 @@ async def api() -> AsyncIterator[FakeApi]:
     """Answers with the queued responses, one each (then a Deployment); records when each arrived."""
     port = unused_port()
     fake = FakeApi(f"http://127.0.0.1:{port}")
-    answers, arrivals = fake.answers, fake.arrivals
+    answers, arrivals, requests = fake.answers, fake.arrivals, fake.requests
 
     async def handle(request: web.Request) -> web.Response:
         arrivals.append(time.monotonic())
+        sent = {"method": request.method, "path": request.path, "query": dict(request.query)}
+        requests.append({**sent, "type": request.content_type, "body": await request.text()})
         return answers.pop(0) if answers else web.json_response({"kind": "Deployment"})
 
     app = web.Application()
@@ -108,6 +112,23 @@ async def test_a_long_retry_after_is_left_to_the_work_queue(api: FakeApi) -> Non
     with pytest.raises(kube.Transient) as raised:
         await c.get(kinds.DEPLOYMENTS, "ml", "x")
     assert raised.value.retry_after == 45 and len(arrivals) == 1
+    await c.close()
+
+
+async def test_holding_replicas_applies_that_field_alone_under_the_handover_manager(api: FakeApi) -> None:
+    c = api.client()
+    await c.hold_replicas(kinds.DEPLOYMENTS, "ml", "iris-abc", 4)
+    [sent] = api.requests
+    assert (sent["method"], sent["path"]) == ("PATCH", "/apis/apps/v1/namespaces/ml/deployments/iris-abc")
+    assert sent["query"] == {"fieldManager": naming.HANDOVER_FIELD_MANAGER, "force": "true"}
+    assert sent["type"] == "application/apply-patch+yaml"
+    assert json.loads(str(sent["body"])) == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "iris-abc", "namespace": "ml"},
+        "spec": {"replicas": 4},
+    }
+    assert c.writes == {"hold": 1}
     await c.close()
 
 

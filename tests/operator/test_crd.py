@@ -59,7 +59,10 @@ def test_names_and_subresources() -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Model", "Version", "Ready", "Status", "Age"]
+    assert columns == ["Model", "Version", "Ready", "Status", "Load", "Desired", "Age"]
+    paths = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert paths["Load"] == ".status.autoscaling.load"
+    assert paths["Desired"] == ".status.autoscaling.desiredReplicas"
 
 
 def test_every_status_field_the_operator_writes_is_in_the_schema() -> None:
@@ -71,7 +74,34 @@ def test_every_status_field_the_operator_writes_is_in_the_schema() -> None:
     status["model"] |= {"version": "3", "revision": "abc"}
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert value_paths(status) <= schema_paths(schema)
-    assert set(status) | {"rollout"} == st.OWNED_STATUS_FIELDS
+    assert set(status) | {"rollout", "autoscaling"} == st.OWNED_STATUS_FIELDS
+
+
+def test_every_autoscaling_status_field_is_in_the_schema() -> None:
+    scaling = {"maxReplicas": 4, "metric": "inflightRequests", "targetInflightRequests": 2}
+    md = spec.parse(md_body(autoscaling=scaling))
+    revision = manifests.desired_revision(md, server_image="img:1")
+    reading = {
+        "type": "Pods",
+        "pods": {"metric": {"name": naming.INFLIGHT_METRIC}, "current": {"averageValue": "3"}},
+    }
+    hpa = {
+        "currentReplicas": 2,
+        "desiredReplicas": 3,
+        "lastScaleTime": "2026-01-01T00:00:00Z",
+        "currentMetrics": [reading],
+        "conditions": [
+            {"type": "ScalingActive", "status": "False", "reason": "FailedGetPodsMetric", "message": "no"},
+            {"type": "ScalingLimited", "status": "True", "reason": "TooManyReplicas", "message": "max"},
+        ],
+    }
+    seen = st.StatusInputs(revisions={}, autoscaler=hpa)
+    status = st.compute_status(md, revision, RolloutPlan(revision.revision, None, (), False), seen, now="t")
+    assert {"current", "lastScaleTime", "scalingActive", "scalingLimitedReason", "problem"} <= set(
+        status["autoscaling"]
+    )
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert value_paths({"autoscaling": status["autoscaling"]}) <= schema_paths(schema)
 
 
 def test_every_rollout_status_field_is_in_the_schema() -> None:
@@ -116,6 +146,18 @@ def test_every_rollout_status_field_is_in_the_schema() -> None:
     paused = st.rollout_status(md, steps.advance(md.rollout, streak, starved, 1_800_000_002.0), {"old": old})
     assert paused["pauseCondition"] == reasons.ANALYSIS_INCONCLUSIVE
     assert value_paths({"rollout": paused}) <= schema_paths(schema)
+
+
+def test_the_cpu_target_has_no_default_so_that_it_cannot_contradict_another_metric() -> None:
+    props = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    scaling = props["autoscaling"]["properties"]
+    assert "default" not in scaling["targetCPUUtilization"] and "default" not in scaling["metric"]
+    assert (
+        f"Absent means {spec.DEFAULT_TARGET_CPU_UTILIZATION}"
+        in scaling["targetCPUUtilization"]["description"]
+    )
+    assert scaling["metric"]["enum"] == [spec.METRIC_CPU, spec.METRIC_INFLIGHT_REQUESTS]
+    assert naming.INFLIGHT_METRIC in scaling["targetInflightRequests"]["description"]
 
 
 def test_replicas_has_no_default_so_that_autoscaling_can_exclude_it() -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from modelship.operator import bodies, manifests, naming, spec
 from modelship.operator.children import Children
-from modelship.operator.decisions import decide
+from modelship.operator.decisions import Decision, decide, replicas_hold
 from modelship.operator.drift import Difference
 
-from tests.operator.factories import live, md_body, ready_deployment
+from tests.operator.factories import live, md_body, ready_deployment, replicas_managed_by
 
 IMAGE = "img:1"
 NOW = 1_800_000_000.0
@@ -135,3 +138,175 @@ def test_an_autoscaled_canary_is_sized_from_the_autoscaler_and_the_hpa_keeps_the
     assert old_deployment["metadata"]["name"] not in by_name
     hpa = by_name["iris"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == old_deployment["metadata"]["name"]
+
+
+# ---- handing spec.replicas over to the autoscaler (issue #14)
+
+SCALING = {"minReplicas": 2, "maxReplicas": 10}
+TWO_STEPS = {"canary": {"steps": [{"setWeight": 50}, {"setWeight": 100}]}}
+
+
+def deployment_of(body: dict, replicas: int | None) -> dict:
+    md = spec.parse(body)
+    return manifests.revision_deployment(md, manifests.desired_revision(md, server_image=IMAGE), replicas)
+
+
+def revision_of(manifest: dict) -> str:
+    return str(manifest["metadata"]["labels"][naming.LABEL_REVISION])
+
+
+def hpa_targets(decision: Decision, live_hpa: Mapping[str, Any] | None) -> str:
+    """The Deployment the HPA scales once this decision is written."""
+    applied = [a.manifest for a in decision.apply if a.kind == "HorizontalPodAutoscaler"]
+    hpa = applied[0] if applied else live_hpa
+    assert hpa is not None
+    return str(hpa["spec"]["scaleTargetRef"]["name"])
+
+
+HPA_SCALE_WRITE = {"operation": "Update", "subresource": "scale"}  # kube-controller-manager's
+
+
+def canary_world(
+    stable_size: int, canary_size: int, *, hpa_took_canary: bool = False, **status: Any
+) -> tuple[dict, dict, dict, Children]:
+    """An autoscaled model whose version 4 is the canary of version 3, sized by the steps (or,
+    `hpa_took_canary`, whose canary's size the HPA has written since)."""
+    old_body = md_body(autoscaling=SCALING)
+    stable = deployment_of(old_body, None)
+    stable["spec"]["replicas"] = stable_size  # what the HPA chose
+    stable_live = replicas_managed_by(ready_deployment(stable), "kube-controller-manager", **HPA_SCALE_WRITE)
+    new_body = md_body(autoscaling=SCALING, model={"version": "4"}, rollout=TWO_STEPS)
+    canary = deployment_of(new_body, canary_size)
+    canary_live = (
+        replicas_managed_by(ready_deployment(canary), "kube-controller-manager", **HPA_SCALE_WRITE)
+        if hpa_took_canary
+        else replicas_managed_by(ready_deployment(canary), naming.FIELD_MANAGER)
+    )
+    rollout = {
+        "stableRevision": revision_of(stable),
+        "stableVersion": "3",
+        "canaryRevision": revision_of(canary),
+        "canaryVersion": "4",
+        **status,
+    }
+    new_body["status"] = {"rollout": rollout}
+    hpa = manifests.autoscaler(spec.parse(new_body), stable["metadata"]["name"])
+    assert hpa is not None
+    children = Children(
+        deployments=[stable_live, canary_live],
+        services=[live(manifests.service(spec.parse(new_body)))],
+        autoscalers=[live(hpa)],
+    )
+    return new_body, stable, canary, children
+
+
+def test_a_promoted_autoscaled_canary_keeps_its_size_while_the_autoscaler_takes_it_over() -> None:
+    body, stable, canary, children = canary_world(4, 4, step=2, steps=2, weight=100)
+    decision = decide(spec.parse(body), children, server_image=IMAGE, now=NOW)
+    assert decision.plan.stable == revision_of(canary)
+    [handover] = [a for a in decision.apply if a.name == canary["metadata"]["name"]]
+    # Our manager stops applying spec.replicas (the HPA sizes the serving revision now): the
+    # hash of the manifest changes with it, so the apply is made, after holding the 4 pods.
+    assert "replicas" not in handover.manifest["spec"]
+    assert handover.difference is Difference.OUTDATED
+    assert handover.hold_replicas == 4
+    assert hpa_targets(decision, children.autoscalers[0]) == canary["metadata"]["name"]
+    assert all(a.hold_replicas is None for a in decision.apply if a is not handover)
+    # The replaced revision keeps its pods for the scale-down delay, untouched.
+    assert stable["metadata"]["name"] not in {a.name for a in decision.apply}
+
+
+def test_the_hold_is_never_below_min_replicas_or_what_the_hpa_gave_the_stable_revision() -> None:
+    body, _, canary, children = canary_world(4, 4)
+    manifest = deployment_of(body, None)
+    canary_live = bodies.by_name(children.deployments, canary["metadata"]["name"])
+    assert replicas_hold(manifest, canary_live, 2) == 4  # its own size
+    assert replicas_hold(manifest, canary_live, 6) == 6  # the HPA ran the stable revision at 6
+    assert replicas_hold(manifest, canary_live, None) is None  # not autoscaled
+    assert replicas_hold(deployment_of(body, 4), canary_live, 2) is None  # still sized by us
+    assert replicas_hold(manifest, None, 2) is None  # created, not handed over
+    assert replicas_hold(manifests.service(spec.parse(body)), canary_live, 2) is None
+
+
+def test_a_deployment_the_autoscaler_already_sizes_is_not_held() -> None:
+    # The HPA's scale write took spec.replicas from our apply.
+    body, _, canary, children = canary_world(4, 4, hpa_took_canary=True, step=2, steps=2, weight=100)
+    decision = decide(spec.parse(body), children, server_image=IMAGE, now=NOW)
+    [apply] = [a for a in decision.apply if a.name == canary["metadata"]["name"]]
+    assert "replicas" not in apply.manifest["spec"] and apply.hold_replicas is None
+    # Nor is one that only the handover manager holds (our apply has already let go).
+    held = replicas_managed_by(
+        {"kind": "Deployment", "metadata": {}, "spec": {}}, naming.HANDOVER_FIELD_MANAGER
+    )
+    assert replicas_hold(apply.manifest, held, 2) is None
+
+
+def test_a_new_autoscaled_model_starts_at_min_replicas_then_hands_its_size_over() -> None:
+    body = md_body(autoscaling={"minReplicas": 3, "maxReplicas": 6})
+    created = decide(spec.parse(body), Children(), server_image=IMAGE, now=NOW)
+    [deployment] = [a for a in created.apply if a.kind == "Deployment"]
+    assert deployment.manifest["spec"]["replicas"] == 3  # not the default of 1
+    assert deployment.hold_replicas is None
+    assert hpa_targets(created, None) == deployment.name
+
+    service = live(manifests.service(spec.parse(body)))
+    hpa = live(next(a.manifest for a in created.apply if a.kind == "HorizontalPodAutoscaler"))
+    ours = replicas_managed_by(ready_deployment(deployment.manifest), naming.FIELD_MANAGER)
+    children = Children(deployments=[ours], services=[service], autoscalers=[hpa])
+    handover = decide(spec.parse(body), children, server_image=IMAGE, now=NOW)
+    [apply] = handover.apply
+    assert "replicas" not in apply.manifest["spec"] and apply.hold_replicas == 3
+    assert not handover.plan.target_complete  # until the handover is written and seen
+
+    # Written: the handover manager holds the field, ours does not; nothing more to do.
+    handed = ready_deployment(apply.manifest)
+    handed["spec"]["replicas"] = 3
+    handed["status"].update(replicas=3, readyReplicas=3, availableReplicas=3)
+    replicas_managed_by(handed, naming.HANDOVER_FIELD_MANAGER)
+    children = Children(deployments=[handed], services=[service], autoscalers=[hpa])
+    settled = decide(spec.parse(body), children, server_image=IMAGE, now=NOW)
+    assert settled.apply == () and settled.plan.target_complete
+
+
+def test_a_fixed_size_model_that_becomes_autoscaled_keeps_its_size() -> None:
+    fixed = md_body(replicas=5)
+    deployment = replicas_managed_by(ready_deployment(deployment_of(fixed, 5)), naming.FIELD_MANAGER)
+    revision = revision_of(deployment)
+    body = md_body(
+        autoscaling=SCALING, status={"rollout": {"stableRevision": revision, "stableVersion": "3"}}
+    )
+    children = Children(deployments=[deployment], services=[live(manifests.service(spec.parse(body)))])
+    decision = decide(spec.parse(body), children, server_image=IMAGE, now=NOW)
+    [apply] = [a for a in decision.apply if a.kind == "Deployment"]
+    assert "replicas" not in apply.manifest["spec"] and apply.hold_replicas == 5
+
+
+def test_an_aborted_autoscaled_canary_stays_at_zero_and_the_hpa_keeps_the_stable() -> None:
+    """argo-rollouts#4973: there, the HPA scales an aborted canary back up. Here it only ever
+    targets the stable revision's Deployment, and our manager keeps the canary's at 0."""
+    body, stable, canary, children = canary_world(6, 3, step=1, steps=2, weight=50)
+    body["metadata"]["annotations"] = {naming.ANNOTATION_ACTION: "abort@1"}
+    decision = decide(spec.parse(body), children, server_image=IMAGE, now=NOW)
+    assert decision.rollout.abort is not None
+    by_name = {a.name: a for a in decision.apply}
+    scaled_down = by_name[canary["metadata"]["name"]]
+    assert scaled_down.manifest["spec"]["replicas"] == 0 and scaled_down.hold_replicas is None
+    assert stable["metadata"]["name"] not in by_name  # left to the HPA
+    assert hpa_targets(decision, children.autoscalers[0]) == stable["metadata"]["name"]
+
+    # Later, aborted and written: the canary's replicas are ours at 0; any other writer's
+    # size is drift, restored to 0; the HPA still scales the stable revision only.
+    state = decision.rollout.state.to_status(spec.parse(body).rollout)
+    aborted = {**body, "metadata": {**body["metadata"], "annotations": {}}, "status": {"rollout": state}}
+    scaled_up = replicas_managed_by(ready_deployment(scaled_down.manifest), naming.FIELD_MANAGER)
+    scaled_up["spec"]["replicas"] = 3  # someone scaled it
+    others = [d for d in children.deployments if bodies.name_of(d) != canary["metadata"]["name"]]
+    children = Children(
+        deployments=[*others, scaled_up], services=children.services, autoscalers=children.autoscalers
+    )
+    decision = decide(spec.parse(aborted), children, server_image=IMAGE, now=NOW)
+    assert decision.rollout.abort is not None
+    [restored] = [a for a in decision.apply if a.kind == "Deployment"]
+    assert restored.name == canary["metadata"]["name"]
+    assert restored.difference is Difference.DRIFTED and restored.manifest["spec"]["replicas"] == 0
+    assert hpa_targets(decision, children.autoscalers[0]) == stable["metadata"]["name"]

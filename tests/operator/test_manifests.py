@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from modelship.operator import manifests, naming, spec
+from modelship.operator import autoscaling, manifests, naming, spec
 
 from tests.operator.factories import SHA, md_body
 
@@ -206,7 +206,44 @@ def test_an_autoscaled_deployment_leaves_replicas_to_the_hpa() -> None:
         "name": revision.deployment_name,
     }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
-    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}},
+        }
+    ]
+    assert hpa["spec"]["behavior"] == autoscaling.behavior({})
+
+
+def test_an_hpa_on_inflight_requests_reads_the_per_pod_metric_with_an_exact_target() -> None:
+    scaling = {"maxReplicas": 4, "metric": "inflightRequests", "targetInflightRequests": 2}
+    hpa = manifests.autoscaler(spec.parse(md_body(autoscaling=scaling)), "iris-x")
+    assert hpa is not None
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": naming.INFLIGHT_METRIC},
+                "target": {"type": "AverageValue", "averageValue": "2"},
+            },
+        }
+    ]
+    fractional = manifests.autoscaler(
+        spec.parse(md_body(autoscaling={**scaling, "targetInflightRequests": 1.5})), "iris-x"
+    )
+    assert fractional is not None
+    assert fractional["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "1500m"
+
+
+def test_the_hpa_behavior_is_the_defaults_overridden_field_by_field() -> None:
+    behavior = {"scaleDown": {"stabilizationWindowSeconds": 60}}
+    hpa = manifests.autoscaler(spec.parse(md_body(autoscaling={"maxReplicas": 4, "behavior": behavior})), "x")
+    assert hpa is not None
+    assert hpa["spec"]["behavior"]["scaleDown"] == {
+        **autoscaling.SCALE_DOWN,
+        "stabilizationWindowSeconds": 60,
+    }
+    assert hpa["spec"]["behavior"]["scaleUp"] == autoscaling.SCALE_UP
 
 
 def test_no_hpa_without_autoscaling() -> None:

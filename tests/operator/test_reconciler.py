@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from modelship.operator import bodies, kinds, naming, spec
 from modelship.operator import client as kube
-from modelship.operator import kinds, spec
 from modelship.operator.children import Children
 from modelship.operator.config import OperatorConfig
 from modelship.operator.reconciler import PERMANENT_ERROR_RETRY, Reconciler, transition_events
 from modelship.operator.workqueue import DONE, Result, TerminalError
 
-from tests.operator.factories import live, md_body
+from tests.operator.factories import live, md_body, replicas_managed_by
 
 KEY = ("ml", "iris")
 
@@ -40,6 +40,8 @@ class MemoryApi:
         self.edit_unseen_during_apply = False
         # versions the watch delivered after a reconcile read the cache, by (kind, name)
         self.arrived: dict[tuple[str, str], str] = {}
+        self.calls: list[tuple[Any, ...]] = []  # the writes of children, in order
+        self.held: dict[str, dict[str, Any]] = {}  # a Deployment as the hold left it, by name
 
     def _bump(self) -> str:
         self.version += 1
@@ -55,7 +57,21 @@ class MemoryApi:
         if self.edit_unseen_during_apply:  # ... and the watch has not delivered it yet
             self.md["metadata"]["resourceVersion"] = self._bump()
         body = live(dict(manifest), resource_version=self._bump())
-        self.objects[(manifest["kind"], manifest["metadata"]["name"])] = body
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        if manifest["kind"] == "Deployment":
+            _apply_replicas(body, manifest, self.objects.get(key))
+        self.calls.append(("apply", *key))
+        self.objects[key] = body
+        return body
+
+    async def hold_replicas(self, kind: Any, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        self.writes["hold"] += 1
+        self.calls.append(("hold", name, replicas))
+        body = self.objects[(kind.kind, name)]
+        body["spec"]["replicas"] = replicas
+        body["metadata"]["resourceVersion"] = self._bump()
+        replicas_managed_by(body, naming.HANDOVER_FIELD_MANAGER)
+        self.held[name] = copy.deepcopy(body)
         return body
 
     async def patch_status(
@@ -114,6 +130,22 @@ class MemoryApi:
             return self.arrived[(kind, name)]
         body = self.cached.get((kind, name))
         return body["metadata"]["resourceVersion"] if body is not None else None
+
+
+def _apply_replicas(
+    body: dict[str, Any], manifest: Mapping[str, Any], before: Mapping[str, Any] | None
+) -> None:
+    """Server-side apply's rule for spec.replicas: the field belongs to the managers that set it;
+    one our apply no longer sets is kept only if another manager (the handover) holds it."""
+    if "replicas" in manifest["spec"]:
+        replicas_managed_by(body, naming.FIELD_MANAGER)
+        return
+    others = [
+        entry for entry in bodies.managers_of_replicas(before) if entry["manager"] != naming.FIELD_MANAGER
+    ]
+    if before is not None and others:
+        body["spec"]["replicas"] = before["spec"]["replicas"]
+        body["metadata"]["managedFields"] = others
 
 
 @pytest.fixture
@@ -288,6 +320,72 @@ def test_a_pause_for_inconclusive_analysis_is_a_warning_with_its_own_reason() ->
     assert events == [("Warning", "AnalysisInconclusive", "step 2: analysis inconclusive 3 times in a row")]
 
 
+def test_an_hpa_that_cannot_read_its_metric_warns_once_per_change() -> None:
+    ok = {"load": "1/2 in-flight", "scalingActive": True}
+    unread = {
+        "load": "?/2 in-flight",
+        "scalingActive": False,
+        "problem": {
+            "reason": "FailedGetPodsMetric",
+            "message": "the HPA cannot read modelship_inflight_requests: x",
+        },
+    }
+    assert transition_events({"autoscaling": ok}, {"autoscaling": unread}) == [
+        ("Warning", "AutoscalerMetricUnavailable", "the HPA cannot read modelship_inflight_requests: x")
+    ]
+    assert transition_events({}, {"autoscaling": unread})[0][1] == "AutoscalerMetricUnavailable"
+    assert (
+        transition_events({"autoscaling": unread}, {"autoscaling": {**unread, "load": "?/3 in-flight"}}) == []
+    )
+    assert transition_events({"autoscaling": unread}, {"autoscaling": ok}) == [
+        ("Normal", "AutoscalerRecovered", "the HPA is scaling again, at 1/2 in-flight")
+    ]
+    # Autoscaling taken away: nothing recovered, nothing to tell.
+    assert transition_events({"autoscaling": unread}, {}) == []
+    unscalable = {
+        **ok,
+        "problem": {"reason": "FailedGetScale", "message": "the HPA cannot scale its Deployment: x"},
+    }
+    assert transition_events({"autoscaling": ok}, {"autoscaling": unscalable})[0][:2] == (
+        "Warning",
+        "AutoscalerFailing",
+    )
+
+
+async def test_the_hpas_status_reaches_the_model_deployments_and_is_written_once(
+    events: list[tuple[str, str, str]],
+) -> None:
+    scaling = {"maxReplicas": 4, "metric": "inflightRequests", "targetInflightRequests": 2}
+    api = MemoryApi(md_body(autoscaling=scaling))
+
+    def sink(md: spec.ModelDeployment, type_: str, reason: str, message: str) -> None:
+        events.append((type_, reason, message))
+
+    reconciler = Reconciler(api, api, sink, OperatorConfig(), clock=lambda: "2026-01-01T00:00:00Z")
+    await reconciler.reconcile(KEY)
+    api.sync(reconciler)
+    await reconciler.reconcile(KEY)  # the HPA exists now, without a status
+    assert api.md["status"]["autoscaling"]["load"] == "?/2 in-flight"
+    api.sync(reconciler)
+
+    # The HPA controller writes the HPA's status: it cannot read the metric.
+    hpa = api.objects[("HorizontalPodAutoscaler", "iris")]
+    failing = {"type": "ScalingActive", "status": "False", "reason": "FailedGetPodsMetric", "message": "no"}
+    hpa["status"] = {"currentReplicas": 1, "desiredReplicas": 1, "conditions": [failing]}
+    hpa["metadata"]["resourceVersion"] = api._bump()
+    api.sync(reconciler)
+    await reconciler.reconcile(KEY)
+    assert api.md["status"]["autoscaling"]["problem"]["reason"] == "FailedGetPodsMetric"
+    assert [reason for _, reason, _ in events].count("AutoscalerMetricUnavailable") == 1
+    writes = dict(api.writes)
+
+    # Our own status write comes back as a watch event: nothing more to write, nothing more to tell.
+    api.sync(reconciler)
+    await reconciler.reconcile(KEY)
+    assert api.writes == writes
+    assert [reason for _, reason, _ in events].count("AutoscalerMetricUnavailable") == 1
+
+
 async def test_a_status_the_schema_refuses_is_a_terminal_error(
     api: MemoryApi, reconciler: Reconciler
 ) -> None:
@@ -305,3 +403,46 @@ async def test_a_refused_status_permission_is_retried_not_terminal(
     with pytest.raises(kube.ApiError) as refused:
         await reconciler.reconcile(KEY)
     assert not isinstance(refused.value, TerminalError | kube.Transient)
+
+
+async def test_an_autoscaled_deployment_is_held_at_its_size_while_our_apply_lets_go_of_it(
+    events: list[tuple[str, str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    api = MemoryApi(md_body(autoscaling={"minReplicas": 3, "maxReplicas": 6}))
+
+    def sink(md: spec.ModelDeployment, type_: str, reason: str, message: str) -> None:
+        events.append((type_, reason, message))
+
+    reconciler = Reconciler(api, api, sink, OperatorConfig(), clock=lambda: "2026-01-01T00:00:00Z")
+    await reconciler.reconcile(KEY)
+    [(_, name)] = [key for key in api.objects if key[0] == "Deployment"]
+    assert api.objects[("Deployment", name)]["spec"]["replicas"] == 3  # created at minReplicas
+    api.sync(reconciler)
+    api.calls.clear()
+
+    caplog.set_level("INFO", logger="modelship.operator.reconciler")
+    await reconciler.reconcile(KEY)
+    # The hold comes first, under the handover manager; then our apply without spec.replicas.
+    assert api.calls == [("hold", name, 3), ("apply", "Deployment", name)]
+    handed = api.objects[("Deployment", name)]
+    assert handed["spec"]["replicas"] == 3
+    assert [e["manager"] for e in handed["metadata"]["managedFields"]] == [naming.HANDOVER_FIELD_MANAGER]
+    assert "holding 3 replicas for the autoscaler" in caplog.text
+    assert events[-1][1] == "RevisionUpdated" and "from 3 replicas" in events[-1][2]
+
+    # The hold's own watch event (older than the apply's) arrives first: nothing is written again.
+    api.cached[("Deployment", name)] = api.held[name]
+    reconciler.observe(KEY, "Deployment", name, api.held[name]["metadata"]["resourceVersion"])
+    writes = dict(api.writes)
+    await reconciler.reconcile(KEY)
+    assert api.writes == writes
+
+    # Then the apply's: the handover is done, and stays done.
+    api.sync(reconciler)
+    await reconciler.reconcile(KEY)
+    api.sync(reconciler)
+    await reconciler.reconcile(KEY)
+    assert api.writes["hold"] == 1
+    assert [call for call in api.calls if call[0] == "apply" and call[1] == "Deployment"] == [
+        ("apply", "Deployment", name)
+    ]

@@ -17,6 +17,28 @@ def test_absent_replicas_means_one_and_autoscaling_means_none() -> None:
     assert scaled.autoscaling == spec.Autoscaling(min_replicas=1, max_replicas=4, target_cpu_utilization=70)
 
 
+def test_autoscaling_on_inflight_requests_keeps_its_target_and_the_users_behavior() -> None:
+    behavior = {"scaleDown": {"stabilizationWindowSeconds": 60}}
+    raw = {"maxReplicas": 4, "metric": "inflightRequests", "targetInflightRequests": 2, "behavior": behavior}
+    scaling = spec.parse(md_body(autoscaling=raw)).autoscaling
+    assert scaling == spec.Autoscaling(
+        min_replicas=1,
+        max_replicas=4,
+        metric=spec.METRIC_INFLIGHT_REQUESTS,
+        target_inflight_requests=2.0,
+        behavior=behavior,
+    )
+    assert not scaling.on_cpu
+
+
+def test_an_object_stored_with_the_old_cpu_default_still_reads() -> None:
+    scaling = spec.parse(
+        md_body(autoscaling={"minReplicas": 1, "maxReplicas": 4, "targetCPUUtilization": 70})
+    )
+    assert scaling.autoscaling is not None and scaling.autoscaling.on_cpu
+    assert scaling.autoscaling.target_cpu_utilization == 70
+
+
 def test_a_pvc_uri_splits_into_claim_and_path() -> None:
     model = spec.parse(md_body(model={"uri": "pvc://models/a/b.onnx"})).model
     assert model.pvc == ("models", "a/b.onnx")

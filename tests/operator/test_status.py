@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelship.operator import children, manifests, reasons, spec
+from modelship.operator import children, manifests, naming, reasons, spec
 from modelship.operator import status as st
 from modelship.operator.children import RevisionState
 from modelship.operator.reasons import Failure
@@ -34,6 +34,7 @@ def compute(
     failure: Failure | None = None,
     errors: tuple[str, ...] = (),
     rolled_back: bool = False,
+    hpa: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status for these revisions; `failure` is the target's (children.revision_failure),
     shown to the step function too when `rolled_back`."""
@@ -48,7 +49,9 @@ def compute(
     )
     outcome = steps.advance(md.rollout, state.RolloutState.from_status(md.status), seen_now, 0.0)
     plan = plan_of(revision.revision, outcome, observed.get(revision.revision))
-    seen = st.StatusInputs(revisions=observed, target_failure=failure, apply_errors=errors, rollout=outcome)
+    seen = st.StatusInputs(
+        revisions=observed, target_failure=failure, apply_errors=errors, rollout=outcome, autoscaler=hpa
+    )
     return st.compute_status(md, revision, plan, seen, now=NOW)
 
 
@@ -168,6 +171,54 @@ def test_an_autoscaled_target_counts_what_the_autoscaler_chose() -> None:
     assert compute(body, {})["readyText"] == "0/2"
     status = compute(body, ready_target(body, ready=5, wanted=5))
     assert status["readyText"] == "5/5"
+
+
+INFLIGHT = {"minReplicas": 1, "maxReplicas": 6, "metric": "inflightRequests", "targetInflightRequests": 2}
+
+
+def test_the_autoscaler_reports_its_load_and_size() -> None:
+    body = md_body(autoscaling=INFLIGHT)
+    reading = {
+        "type": "Pods",
+        "pods": {"metric": {"name": "modelship_inflight_requests"}, "current": {"averageValue": "3200m"}},
+    }
+    hpa = {"currentReplicas": 3, "desiredReplicas": 4, "currentMetrics": [reading]}
+    status = compute(body, ready_target(body, ready=3, wanted=3), hpa=hpa)
+    assert status["autoscaling"] == {
+        "metric": "inflightRequests",
+        "target": "2",
+        "current": "3.2",
+        "load": "3.2/2 in-flight",
+        "currentReplicas": 3,
+        "desiredReplicas": 4,
+    }
+
+
+def test_no_autoscaling_status_without_an_hpa_or_without_autoscaling() -> None:
+    body = md_body(autoscaling=INFLIGHT)
+    assert "autoscaling" not in compute(body, {})
+    # An HPA left over after spec.autoscaling was removed is being deleted: not reported.
+    assert "autoscaling" not in compute(md_body(replicas=2), {}, hpa={"desiredReplicas": 3})
+
+
+def test_an_hpa_that_cannot_read_its_metric_leaves_the_model_ready() -> None:
+    body = md_body(autoscaling=INFLIGHT)
+    failing = {
+        "type": "ScalingActive",
+        "status": "False",
+        "reason": "FailedGetPodsMetric",
+        "message": f"unable to get metric {naming.INFLIGHT_METRIC}",
+    }
+    status = compute(body, ready_target(body, ready=1, wanted=1), hpa={"conditions": [failing]})
+    assert status["autoscaling"]["problem"] == {
+        "reason": "FailedGetPodsMetric",
+        "message": f"the HPA cannot read {naming.INFLIGHT_METRIC}: {failing['message']}",
+    }
+    assert conditions(status) == {
+        "Ready": ("True", "Available"),
+        "Progressing": ("False", "RolloutComplete"),
+        "Degraded": ("False", "NoFailure"),
+    }
 
 
 def test_last_transition_time_changes_only_when_a_condition_flips() -> None:

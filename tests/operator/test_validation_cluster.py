@@ -44,6 +44,28 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "autoscaling on CPU utilisation needs resources.requests.cpu",
     ),
     (
+        "inflight-target-without-its-metric",
+        model_spec(autoscaling={"maxReplicas": 3, "targetInflightRequests": 2}),
+        "targetInflightRequests applies to metric: inflightRequests (metric defaults to cpu)",
+    ),
+    (
+        "inflight-metric-without-its-target",
+        model_spec(autoscaling={"maxReplicas": 3, "metric": "inflightRequests"}),
+        "metric inflightRequests needs targetInflightRequests",
+    ),
+    (
+        "cpu-target-with-inflight-metric",
+        model_spec(
+            autoscaling={
+                "maxReplicas": 3,
+                "metric": "inflightRequests",
+                "targetInflightRequests": 2,
+                "targetCPUUtilization": 60,
+            }
+        ),
+        "targetCPUUtilization applies to metric: cpu only",
+    ),
+    (
         "uppercase-sha",
         model_spec(model=model(sha256=SHA.upper())),
         "sha256 must be 64 lowercase hexadecimal characters",
@@ -131,6 +153,15 @@ def test_a_name_that_cannot_become_a_service_name_is_rejected(models: Models) ->
         model_spec(),
         model_spec(replicas=0),
         model_spec(autoscaling={"maxReplicas": 4}),
+        model_spec(
+            autoscaling={
+                "maxReplicas": 4,
+                "metric": "inflightRequests",
+                "targetInflightRequests": 1.5,
+                "behavior": {"scaleDown": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}},
+            },
+            resources={"requests": {"memory": "1Gi"}},
+        ),
         model_spec(model={"version": "3", "uri": "file:///models/iris.onnx"}),
         model_spec(model={"version": "2024.06-01", "uri": "pvc://models/iris/3/model.onnx"}),
         model_spec(resources={"requests": {"cpu": 1, "memory": "1Gi"}, "limits": {"cpu": "1500m"}}),
@@ -150,7 +181,9 @@ def test_defaults_live_in_the_schema(models: Models) -> None:
     created = models.custom.create_namespaced_custom_object(
         naming.GROUP, naming.VERSION, models.namespace, naming.PLURAL, manifest("iris", spec), dry_run="All"
     )
-    assert created["spec"]["autoscaling"] == {"minReplicas": 1, "maxReplicas": 4, "targetCPUUtilization": 70}
+    # No targetCPUUtilization (nor metric): a default there would contradict metric inflightRequests,
+    # so the operator applies 70 itself.
+    assert created["spec"]["autoscaling"] == {"minReplicas": 1, "maxReplicas": 4}
     assert created["spec"]["resources"] == {"requests": {"cpu": "500m", "memory": "512Mi"}}
     assert "replicas" not in created["spec"]
 

@@ -67,6 +67,24 @@ def condition_is_true(status: Mapping[str, Any], kind: str) -> bool:
     return bool(found and found.get("status") == "True")
 
 
+def managers_of_replicas(body: Body | None) -> list[Mapping[str, Any]]:
+    """The managedFields entries that own `spec.replicas` (its field managers' claims to it)."""
+    return [
+        entry
+        for entry in meta(body).get("managedFields") or ()
+        if isinstance(entry, Mapping) and "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+    ]
+
+
+def applies_replicas(body: Body | None, manager: str) -> bool:
+    """Whether `manager`'s server-side apply owns `spec.replicas`: a field it then stops
+    applying is removed, unless another manager owns it too."""
+    return any(
+        entry.get("manager") == manager and entry.get("operation") == "Apply" and not entry.get("subresource")
+        for entry in managers_of_replicas(body)
+    )
+
+
 def by_name(bodies: Iterable[Body], name: str) -> Body | None:
     return next((body for body in bodies if name_of(body) == name), None)
 

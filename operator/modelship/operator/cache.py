@@ -74,11 +74,27 @@ def _meta(body: Body) -> dict[str, Any]:
         kept["annotations"] = {
             k: v for k, v in annotations.items() if k != "kubectl.kubernetes.io/last-applied-configuration"
         }
+    replicas_managers = _replicas_managers(body)
+    if replicas_managers:
+        kept["managedFields"] = replicas_managers
     return kept
 
 
+def _replicas_managers(body: Body) -> list[dict[str, Any]]:
+    """Of managedFields, only who owns spec.replicas: whether our field manager still does decides
+    how a Deployment is handed over to its autoscaler (see `decisions.replicas_hold`)."""
+    return [
+        {
+            **{key: entry[key] for key in ("manager", "operation", "subresource") if key in entry},
+            "fieldsV1": {"f:spec": {"f:replicas": {}}},
+        }
+        for entry in bodies.managers_of_replicas(body)
+    ]
+
+
 def trim_object(body: Body) -> dict[str, Any]:
-    """A ModelDeployment, Deployment, Service or HPA without managedFields and noise."""
+    """A ModelDeployment, Deployment, Service or HPA without noise: of managedFields, only the
+    owners of spec.replicas."""
     kept: dict[str, Any] = {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),

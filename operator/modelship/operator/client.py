@@ -231,16 +231,36 @@ class KubeClient:
 
     async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
         """Server-side apply under our field manager: a no-op when nothing changes."""
+        return await self._apply_as(naming.FIELD_MANAGER, manifest, force=force, write="apply")
+
+    async def hold_replicas(
+        self, kind: ResourceKind, namespace: str, name: str, replicas: int
+    ) -> dict[str, Any]:
+        """Server-side apply of spec.replicas alone, under the handover field manager: the field
+        then outlives our own manager's next apply, which no longer sets it (see
+        `decisions.replicas_hold`). Only for an object that exists: this partial manifest would
+        not create a valid one."""
+        manifest = {
+            "apiVersion": kind.api_version,
+            "kind": kind.kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas},
+        }
+        return await self._apply_as(naming.HANDOVER_FIELD_MANAGER, manifest, force=True, write="hold")
+
+    async def _apply_as(
+        self, manager: str, manifest: Mapping[str, Any], *, force: bool, write: str
+    ) -> dict[str, Any]:
         kind = BY_KIND[manifest["kind"]]
         meta = manifest["metadata"]
-        params = {"fieldManager": naming.FIELD_MANAGER, "force": "true" if force else "false"}
+        params = {"fieldManager": manager, "force": "true" if force else "false"}
         status, body = await self._request(
             "PATCH",
             kind.path(meta.get("namespace"), meta["name"]),
             params=params,
             body=manifest,
             content_type="application/apply-patch+yaml",
-            write="apply",
+            write=write,
         )
         if status == 404:
             raise NotFound(404, "NotFound", f"{kind.kind} {meta['name']}: the API does not serve it")

@@ -27,6 +27,9 @@ from modelship.operator.spec import ModelDeployment
 class Apply:
     manifest: Manifest
     difference: Difference
+    # Written first, under the handover field manager: the size the Deployment keeps while the
+    # manifest, which leaves spec.replicas to the autoscaler, lets go of it (`replicas_hold`).
+    hold_replicas: int | None = None
 
     @property
     def kind(self) -> str:
@@ -86,9 +89,10 @@ def decide(
     ours = children.owned_by(md.uid)
     states = revision_states(ours.deployments)
     failure = revision_failure(revision.revision, revision.version, states, ours.pods)
-    step = _step(md, revision, states, failure, measurement, settings, now)
-    wanted, target_deployment = _wanted(md, revision, ours, states, step)
-    applies = _applies(wanted, ours)
+    size = _size(md, states, rollout_state(md).stable)
+    step = _step(md, revision, states, size, failure, measurement, settings, now)
+    wanted, target_deployment = _wanted(md, revision, ours, states, step, size)
+    applies = _applies(wanted, ours, size if md.autoscaling is not None else None)
     plan = _plan(md, revision, states, step, applies, target_deployment)
     revision_services = _revision_services(md, ours)
     deletes = [*_retired(revision, ours, states, plan, step), *_stale_services(md, revision_services, step)]
@@ -122,6 +126,7 @@ def _step(
     md: ModelDeployment,
     revision: Revision,
     states: Mapping[str, RevisionState],
+    size: int,
     failure: Failure | None,
     measurement: steps.Verdict | None,
     settings: AnalysisSettings,
@@ -132,7 +137,7 @@ def _step(
         target=revision.revision,
         target_version=revision.version,
         revisions=states,
-        size=_size(md, states, state.stable),
+        size=size,
         autoscaled=md.autoscaling is not None,
         target_failure=failure,
         measurement=measurement,
@@ -152,13 +157,18 @@ def _wanted(
     ours: Children,
     states: Mapping[str, RevisionState],
     step: steps.StepResult,
+    size: int,
 ) -> tuple[list[Manifest], Manifest | None]:
-    """Every child the step asks for, and the target's Deployment among them."""
+    """Every child the step asks for, and the target's Deployment among them. `size` is N, the
+    replicas the model serves with (`_size`)."""
     wanted: list[Manifest] = []
     target_deployment: Manifest | None = None
     for rev, replicas in sorted(step.replicas.items()):
         if rev == revision.revision:
-            target_deployment = manifests.revision_deployment(md, revision, replicas)
+            created = rev not in states
+            target_deployment = manifests.revision_deployment(
+                md, revision, _starting_size(replicas, size, created)
+            )
             wanted.append(target_deployment)
         elif replicas is not None and rev in states:
             body = bodies.by_name(ours.deployments, states[rev].deployment)
@@ -174,13 +184,41 @@ def _wanted(
     return wanted, target_deployment
 
 
-def _applies(wanted: Sequence[Manifest], ours: Children) -> list[Apply]:
+def _starting_size(replicas: int | None, size: int, created: bool) -> int | None:
+    """The replicas of the target's Deployment manifest. One the autoscaler sizes is created
+    at N (minReplicas, or what the HPA gave the revision it replaces) rather than at the default
+    of 1, which would wait for the HPA to raise it; the next apply leaves the field to the HPA
+    (`replicas_hold`)."""
+    return size if replicas is None and created else replicas
+
+
+def replicas_hold(manifest: Manifest, live: Body | None, floor: int | None) -> int | None:
+    """The size to hold a Deployment at while our apply lets go of its spec.replicas, or None.
+
+    Server-side apply removes a field that its only manager stops applying, and a Deployment
+    without spec.replicas defaults to 1: a revision the rollout steps sized (a canary at 100%),
+    now sized by the autoscaler (promoted), would drop to one pod until the HPA scaled it up
+    again. Applying the field alone under a second field manager first keeps it (the Kubernetes
+    docs' "transferring ownership"); the HPA's next scale write takes it from that manager.
+    `floor` is the least an autoscaled model serves with (None: the model is not autoscaled):
+    minReplicas, or the size the HPA gave the stable revision.
+    """
+    if floor is None or live is None or manifest["kind"] != kinds.DEPLOYMENTS.kind:
+        return None
+    if "replicas" in manifest["spec"] or not bodies.applies_replicas(live, naming.FIELD_MANAGER):
+        return None
+    current = (live.get("spec") or {}).get("replicas")
+    return max(current if isinstance(current, int) else 0, floor)
+
+
+def _applies(wanted: Sequence[Manifest], ours: Children, floor: int | None) -> list[Apply]:
+    """`floor`: the least an autoscaled model serves with (None: not autoscaled)."""
     applies = []
     for manifest in wanted:
         live = bodies.by_name(ours.of(manifest["kind"]), manifest["metadata"]["name"])
         diff = difference(manifest, live)
         if diff is not Difference.NONE:
-            applies.append(Apply(manifest, diff))
+            applies.append(Apply(manifest, diff, replicas_hold(manifest, live, floor)))
     return applies
 
 
@@ -195,7 +233,8 @@ def _plan(
     target_up_to_date = all(a.manifest is not target_deployment for a in applies)
     target_state = states.get(revision.revision)
     if md.autoscaling is not None and target_state is not None:
-        # A new Deployment starts with 1 pod until the HPA raises it to minReplicas: not Ready yet.
+        # A new Deployment starts at minReplicas (`_starting_size`) and keeps its size when handed
+        # over to the HPA (`replicas_hold`); a raised minReplicas waits for the HPA to apply it.
         target_up_to_date = target_up_to_date and target_state.spec_replicas >= md.autoscaling.min_replicas
     return plan_of(revision.revision, step, target_state, target_up_to_date=target_up_to_date)
 

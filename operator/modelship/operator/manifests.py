@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelship.operator import bodies, naming, quantities
+from modelship.operator import autoscaling, bodies, naming, quantities
 from modelship.operator.spec import ModelDeployment
 
 Manifest = dict[str, Any]
@@ -311,7 +311,8 @@ def service(md: ModelDeployment) -> Manifest:
 
 
 def autoscaler(md: ModelDeployment, target_deployment: str) -> Manifest | None:
-    """The HPA for an autoscaled ModelDeployment, scaling the given revision's Deployment."""
+    """The HPA for an autoscaled ModelDeployment, scaling the given revision's Deployment on the
+    metric the spec names, with the scaling behaviour of `autoscaling.behavior`."""
     scaling = md.autoscaling
     if scaling is None:
         return None
@@ -324,18 +325,8 @@ def autoscaler(md: ModelDeployment, target_deployment: str) -> Manifest | None:
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target_deployment},
                 "minReplicas": scaling.min_replicas,
                 "maxReplicas": scaling.max_replicas,
-                "metrics": [
-                    {
-                        "type": "Resource",
-                        "resource": {
-                            "name": "cpu",
-                            "target": {
-                                "type": "Utilization",
-                                "averageUtilization": scaling.target_cpu_utilization,
-                            },
-                        },
-                    }
-                ],
+                "metrics": autoscaling.metrics(scaling),
+                "behavior": autoscaling.behavior(scaling.behavior),
             },
         }
     )

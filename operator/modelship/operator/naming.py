@@ -11,6 +11,9 @@ KIND: Final = "ModelDeployment"
 PLURAL: Final = "modeldeployments"
 
 FIELD_MANAGER: Final = "modelship"
+# Holds a Deployment's spec.replicas while FIELD_MANAGER stops applying it, until the autoscaler's
+# first scale write takes the field (server-side apply would otherwise remove it: 1 replica).
+HANDOVER_FIELD_MANAGER: Final = "modelship-handover"
 
 # Standard labels (https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/).
 LABEL_NAME: Final = "app.kubernetes.io/name"
@@ -80,3 +83,8 @@ def service_url(md_name: str, namespace: str, model_name: str) -> str:
 def describe_revision(version: str | None, revision: str | None) -> str:
     """How status, events and failures name a revision, in one wording."""
     return f"version {version} (revision {revision})"
+
+
+# The per-pod custom metric an HPA with `metric: inflightRequests` reads from the custom metrics API
+# (custom.metrics.k8s.io): the average number of inference requests in flight in one pod.
+INFLIGHT_METRIC: Final = "modelship_inflight_requests"

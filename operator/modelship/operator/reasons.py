@@ -63,6 +63,9 @@ EVENT_REVISION_RETIRED: Final = "RevisionRetired"
 EVENT_AUTOSCALER_CREATED: Final = "AutoscalerCreated"
 EVENT_AUTOSCALER_UPDATED: Final = "AutoscalerUpdated"
 EVENT_AUTOSCALER_REMOVED: Final = "AutoscalerRemoved"
+EVENT_AUTOSCALER_METRIC_UNAVAILABLE: Final = "AutoscalerMetricUnavailable"  # the HPA cannot read its metric
+EVENT_AUTOSCALER_FAILING: Final = "AutoscalerFailing"  # the HPA cannot scale for another reason
+EVENT_AUTOSCALER_RECOVERED: Final = "AutoscalerRecovered"
 EVENT_DRIFT_REPAIRED: Final = "DriftRepaired"
 
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelship.operator import bodies, kinds, manifests, naming, reasons, spec
+from modelship.operator import autoscaling, bodies, kinds, manifests, naming, reasons, spec
 from modelship.operator import client as kube
 from modelship.operator import status as status_
 from modelship.operator.bodies import Body
@@ -58,6 +58,10 @@ class Writer(Protocol):
     """The client calls a reconcile makes (KubeClient has them)."""
 
     async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]: ...
+
+    async def hold_replicas(
+        self, kind: ResourceKind, namespace: str, name: str, replicas: int
+    ) -> dict[str, Any]: ...
 
     async def patch_status(
         self,
@@ -261,7 +265,13 @@ class Reconciler:
         ref = (md.key, action.kind, action.name)
         if self._awaiting_own_write(ref, children, tally):
             return
+        held = action.hold_replicas
         try:
+            if held is not None:
+                # Just before the apply that lets go of spec.replicas; its own watch event shows an
+                # older version than the apply's, which the expectation below waits for.
+                await self._writer.hold_replicas(kinds.BY_KIND[action.kind], md.namespace, action.name, held)
+                tally.writes += 1
             result = await self._writer.apply(action.manifest)
         except kube.Transient:
             raise
@@ -276,7 +286,10 @@ class Reconciler:
             action.manifest.get("spec", {}).get("replicas") if action.kind == kinds.DEPLOYMENTS.kind else None
         )
         scaled = f" to {size}" if size is not None else ""
-        tally.actions.append(f"apply {action.kind}/{action.name} ({action.difference.value}){scaled}")
+        holding = f", holding {held} replicas for the autoscaler" if held is not None else ""
+        tally.actions.append(
+            f"apply {action.kind}/{action.name} ({action.difference.value}){scaled}{holding}"
+        )
         self._expectations.expect(ref, bodies.resource_version(result))
         event = _apply_event(md, action)
         if event is not None:
@@ -325,12 +338,14 @@ class Reconciler:
         started_at: str | None,
     ) -> None:
         pods = [p for p in children.pods if bodies.revision_of(p) in decision.plan.keep]
+        hpa = bodies.by_name(children.autoscalers, md.name)
         seen = status_.StatusInputs(
             revisions=decision.revisions,
             target_failure=decision.target_failure,
             unschedulable=unschedulable_message(pods, decision.plan.target),
             apply_errors=tuple(errors),
             rollout=decision.rollout,
+            autoscaler=bodies.status_of(hpa) if hpa is not None else None,
         )
         new = status_.compute_status(md, decision.revision, decision.plan, seen, now=self._clock())
         await self._patch_status(md.key, md.status, new, tally, md=md, started_at=started_at)
@@ -425,6 +440,8 @@ def _apply_event(md: spec.ModelDeployment, action: Apply) -> tuple[str, str] | N
         what = naming.describe_revision(labels[naming.LABEL_VERSION], labels[naming.LABEL_REVISION])
         size = manifest["spec"].get("replicas")
         scale = "sized by the autoscaler" if size is None else f"{size} replicas"
+        if action.hold_replicas is not None:
+            scale += f", from {action.hold_replicas} replicas"
         if created:
             return reasons.EVENT_REVISION_CREATED, f"created Deployment {name} for {what}, {scale}"
         return reasons.EVENT_REVISION_UPDATED, f"updated Deployment {name} for {what}, {scale}"
@@ -453,7 +470,25 @@ def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tu
         events.append(("Warning", str(new_degraded.get("reason")), str(new_degraded.get("message", ""))))
     if new_degraded.get("status") == "False" and old_degraded.get("status") == "True":
         events.append(("Normal", reasons.EVENT_RECOVERED, "no failures any more"))
+    events += autoscaler_events(old.get("autoscaling") or {}, new.get("autoscaling") or {})
     return events + rollout_events(old.get("rollout") or {}, new.get("rollout") or {})
+
+
+def autoscaler_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """A Warning when the HPA stops being able to read its metric (or fails for another reason),
+    and a Normal Event when it reads it again: the model stays Ready meanwhile, at a size nobody
+    adjusts, so this Event and status.autoscaling.problem are how a user learns of it."""
+    old_problem = reasons.Failure.from_status(old.get("problem"))
+    new_problem = reasons.Failure.from_status(new.get("problem"))
+    if new_problem is not None and (old_problem is None or old_problem.reason != new_problem.reason):
+        if autoscaling.is_metric_failure(new_problem.reason):
+            return [("Warning", reasons.EVENT_AUTOSCALER_METRIC_UNAVAILABLE, new_problem.message)]
+        return [("Warning", reasons.EVENT_AUTOSCALER_FAILING, new_problem.message)]
+    if old_problem is not None and new_problem is None and new.get("scalingActive"):
+        return [
+            ("Normal", reasons.EVENT_AUTOSCALER_RECOVERED, f"the HPA is scaling again, at {new.get('load')}")
+        ]
+    return []
 
 
 def rollout_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:

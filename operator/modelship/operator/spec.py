@@ -37,11 +37,23 @@ class ModelSource:
         return parts.netloc, parts.path.lstrip("/")
 
 
+METRIC_CPU = "cpu"
+METRIC_INFLIGHT_REQUESTS = "inflightRequests"
+DEFAULT_TARGET_CPU_UTILIZATION = 70  # not a CRD default: it would contradict metric inflightRequests
+
+
 @dataclass(frozen=True)
 class Autoscaling:
     min_replicas: int
     max_replicas: int
-    target_cpu_utilization: int
+    target_cpu_utilization: int = DEFAULT_TARGET_CPU_UTILIZATION
+    metric: str = METRIC_CPU
+    target_inflight_requests: float | None = None
+    behavior: Mapping[str, Any] = field(default_factory=dict)  # the user's override, as written
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.metric == METRIC_CPU
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,18 @@ def _rollout(raw: Mapping[str, Any]) -> RolloutSpec:
     )
 
 
+def _autoscaling(raw: Mapping[str, Any]) -> Autoscaling:
+    target = raw.get("targetInflightRequests")
+    return Autoscaling(
+        min_replicas=int(raw.get("minReplicas", 1)),
+        max_replicas=int(raw["maxReplicas"]),
+        target_cpu_utilization=int(raw.get("targetCPUUtilization", DEFAULT_TARGET_CPU_UTILIZATION)),
+        metric=raw.get("metric") or METRIC_CPU,
+        target_inflight_requests=float(target) if target is not None else None,
+        behavior=raw.get("behavior") or {},
+    )
+
+
 @dataclass(frozen=True)
 class ModelDeployment:
     name: str
@@ -219,13 +243,7 @@ def parse(body: Mapping[str, Any]) -> ModelDeployment:
             sha256=model.get("sha256") or None,
         ),
         replicas=spec.get("replicas"),
-        autoscaling=Autoscaling(
-            min_replicas=int(autoscaling.get("minReplicas", 1)),
-            max_replicas=int(autoscaling["maxReplicas"]),
-            target_cpu_utilization=int(autoscaling.get("targetCPUUtilization", 70)),
-        )
-        if autoscaling
-        else None,
+        autoscaling=_autoscaling(autoscaling) if autoscaling else None,
         resources=spec.get("resources") or {},
         server=ServerSettings(
             image=server.get("image") or None,

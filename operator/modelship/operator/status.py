@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelship.operator import bodies, naming, reasons
+from modelship.operator import autoscaling, bodies, naming, reasons
 from modelship.operator.children import RevisionState
 from modelship.operator.manifests import Revision
 from modelship.operator.reasons import Failure
@@ -32,6 +32,7 @@ class StatusInputs:
     unschedulable: str | None = None
     apply_errors: Sequence[str] = ()
     rollout: StepResult | None = None
+    autoscaler: Mapping[str, Any] | None = None  # the live HPA's status; None: there is no HPA
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,15 @@ def compute_status(
         "revisions": _revisions(revision, plan, seen.revisions, facts.desired),
         "conditions": conditions,
         **({"rollout": rollout_status(md, seen.rollout, seen.revisions)} if seen.rollout is not None else {}),
+        **_autoscaling(md, seen.autoscaler),
     }
+
+
+def _autoscaling(md: ModelDeployment, hpa_status: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Told only of the HPA the spec asks for: one left while spec.autoscaling is gone is being deleted.
+    if md.autoscaling is None or hpa_status is None:
+        return {}
+    return {"autoscaling": autoscaling.autoscaling_status(md.autoscaling, hpa_status)}
 
 
 def invalid_status(body: Mapping[str, Any], message: str, *, now: str) -> dict[str, Any]:
@@ -375,5 +384,6 @@ OWNED_STATUS_FIELDS = frozenset(
         "revisions",
         "conditions",
         "rollout",
+        "autoscaling",
     }
 )

@@ -112,9 +112,56 @@ def check_scaling(spec: Mapping[str, Any]) -> None:
         _int(autoscaling, key, "spec.autoscaling", 1, 1000)
     if int(autoscaling.get("minReplicas", 1)) > int(autoscaling["maxReplicas"]):
         _fail("spec.autoscaling", "minReplicas must not exceed maxReplicas")
+    on_cpu = _check_metric(autoscaling)
+    behavior = autoscaling.get("behavior") or {}
+    for direction in ("scaleUp", "scaleDown"):
+        if direction in behavior:
+            _check_scaling_rules(behavior[direction], f"spec.autoscaling.behavior.{direction}")
     requests = (spec.get("resources") or {}).get("requests") or {}
-    if "cpu" not in requests:
+    if on_cpu and "cpu" not in requests:
         _fail("spec.resources.requests.cpu", "autoscaling on CPU needs a CPU request")
+
+
+def _check_metric(autoscaling: Mapping[str, Any]) -> bool:
+    """The metric's own fields; whether the HPA scales on CPU."""
+    path = "spec.autoscaling"
+    metric = autoscaling.get("metric", "cpu")
+    if metric not in ("cpu", "inflightRequests"):
+        _fail(f"{path}.metric", f"{metric!r} must be cpu or inflightRequests")
+    target = autoscaling.get("targetInflightRequests")
+    if target is not None and (
+        isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 10000
+    ):
+        _fail(f"{path}.targetInflightRequests", f"{target!r} is not above 0 and at most 10000")
+    if metric == "inflightRequests" and target is None:
+        _fail(f"{path}.targetInflightRequests", "metric inflightRequests needs targetInflightRequests")
+    if metric != "inflightRequests" and target is not None:
+        _fail(f"{path}.targetInflightRequests", "applies to metric: inflightRequests only")
+    if metric != "cpu" and "targetCPUUtilization" in autoscaling:
+        _fail(f"{path}.targetCPUUtilization", "applies to metric: cpu only")
+    return bool(metric == "cpu")
+
+
+def _check_scaling_rules(rules: Any, path: str) -> None:
+    """One direction of an HPA's behavior (autoscaling/v2 HPAScalingRules)."""
+    if not isinstance(rules, Mapping):
+        _fail(path, "must be an object")
+    _int(rules, "stabilizationWindowSeconds", path, 0, 3600)
+    if rules.get("selectPolicy", "Max") not in ("Max", "Min", "Disabled"):
+        _fail(f"{path}.selectPolicy", "must be Max, Min or Disabled")
+    policies = rules.get("policies")
+    if policies is None:
+        return
+    if not isinstance(policies, list) or not 1 <= len(policies) <= 10:
+        _fail(f"{path}.policies", "is a list of 1 to 10 policies")
+    for index, policy in enumerate(policies):
+        where = f"{path}.policies[{index}]"
+        if not isinstance(policy, Mapping) or not {"type", "value", "periodSeconds"} <= set(policy):
+            _fail(where, "needs type, value and periodSeconds")
+        if policy["type"] not in ("Pods", "Percent"):
+            _fail(f"{where}.type", "must be Pods or Percent")
+        _int(policy, "value", where, 1)
+        _int(policy, "periodSeconds", where, 1, 1800)
 
 
 def check_resources(resources: Mapping[str, Any]) -> None:

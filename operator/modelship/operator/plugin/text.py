@@ -203,6 +203,25 @@ def _abort_text(rollout: Mapping[str, Any]) -> str:
     return f"revision {_text(rollout.get('abortedRevision'))}: {why}"
 
 
+def _autoscaling_lines(spec_scaling: Mapping[str, Any], scaling: Mapping[str, Any]) -> list[str]:
+    """`3.2/2 in-flight, 3 → 4 replicas (min 1, max 6)`, and the HPA's problem on a line of its own."""
+    if not spec_scaling:
+        return []
+    text = _text(scaling.get("load") or "no reading yet")
+    current, desired = scaling.get("currentReplicas"), scaling.get("desiredReplicas")
+    if desired is not None:
+        text += f", {_text(current)} → {_text(desired)}" if current != desired else f", {_text(desired)}"
+        text += " replicas"
+    text += (
+        f" (min {_text(spec_scaling.get('minReplicas', 1))}, max {_text(spec_scaling.get('maxReplicas'))})"
+    )
+    lines = [_field("Autoscaling", text)]
+    problem = _obj(scaling.get("problem"))
+    if problem:
+        lines.append(f"  {_text(problem.get('reason'))}: {_text(problem.get('message'))}")
+    return lines
+
+
 def format_rollout(md: Mapping[str, Any], *, now: datetime) -> str:
     """The status block of one ModelDeployment, in the spirit of `kubectl argo rollouts get`."""
     metadata, spec, status = _obj(md.get("metadata")), _obj(md.get("spec")), _obj(md.get("status"))
@@ -271,5 +290,6 @@ def format_rollout(md: Mapping[str, Any], *, now: datetime) -> str:
     if rollout.get("message"):
         lines.append(_field("Message", str(rollout["message"])))
 
+    lines += _autoscaling_lines(_obj(spec.get("autoscaling")), _obj(status.get("autoscaling")))
     lines += _condition_lines(_list(status.get("conditions")))
     return "\n".join(lines) + "\n"
