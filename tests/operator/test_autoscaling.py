@@ -241,3 +241,11 @@ def test_a_limit_reached_says_which() -> None:
     found = autoscaling.autoscaling_status(scaling(), hpa_status)
     assert (found["scalingLimited"], found["scalingLimitedReason"]) == (True, "TooManyReplicas")
     assert "problem" not in found
+
+
+def test_a_new_hpa_with_no_size_chosen_yet_reports_no_replicas() -> None:
+    scaling = spec.parse(md_body(autoscaling={"maxReplicas": 3})).autoscaling
+    assert scaling is not None
+    out = autoscaling.autoscaling_status(scaling, {"currentReplicas": 0, "desiredReplicas": 0})
+    assert "desiredReplicas" not in out and "currentReplicas" not in out
+    assert out["load"] == "?/70% cpu"

@@ -14,8 +14,9 @@ pod, CPU utilisation):
 
 from __future__ import annotations
 
+import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -33,6 +34,7 @@ from tests.support import wait_until
 if TYPE_CHECKING:  # imported by pytest_plugins, where pytest rewrites its asserts
     from tests.prometheus_support import Prometheus
 
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 pytestmark = pytest.mark.cluster
 pytest_plugins = ["tests.prometheus_support"]
 
@@ -110,13 +112,11 @@ def _requests_by_pod(prometheus: Prometheus, namespace: str, window: str) -> dic
     return {s["metric"]["pod"]: float(s["value"][1]) for s in series}
 
 
-def _custom_metric(models: Models) -> dict[str, str]:
-    api = f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{models.namespace}"
-    path = f"{api}/pods/*/modelship_inflight_requests"
-    listing = models.core.api_client.call_api(
-        path, "GET", response_type="object", _return_http_data_only=True, _preload_content=True
-    )
-    return {item["describedObject"]["name"]: item["value"] for item in listing["items"]}
+def _custom_metric(kubectl: Kubectl, namespace: str) -> dict[str, str]:
+    """The custom metrics API's values of modelship_inflight_requests, by pod."""
+    path = f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/*/modelship_inflight_requests"
+    out = kubectl("get", "--raw", path)
+    return {item["describedObject"]["name"]: item["value"] for item in json.loads(out.stdout)["items"]}
 
 
 def _autoscaling_status(models: Models) -> dict[str, Any]:
@@ -134,6 +134,7 @@ def _ready_pods(models: Models) -> set[str]:
 
 def _scale_up_and_down(
     models: Models,
+    kubectl: Kubectl,
     prometheus: Prometheus,
     load: list[Load],
     autoscaling: dict[str, Any],
@@ -155,7 +156,7 @@ def _scale_up_and_down(
     assert len(first) == 1, first
     if autoscaling["metric"] == "inflightRequests":
         # What the HPA reads, as any client of the custom metrics API gets it.
-        values = _custom_metric(models)
+        values = _custom_metric(kubectl, models.namespace)
         assert set(values) == first, values
 
     ip = routed_into_node(models.core.read_namespaced_service(NAME, models.namespace).spec.cluster_ip)
@@ -196,10 +197,11 @@ def _scale_up_and_down(
 
 
 def test_in_flight_requests_scale_the_model_up_under_load_and_down_after_it(
-    models: Models, prometheus: Prometheus, load: list[Load]
+    models: Models, kubectl: Kubectl, prometheus: Prometheus, load: list[Load]
 ) -> None:
     _scale_up_and_down(
         models,
+        kubectl,
         prometheus,
         load,
         {
@@ -214,10 +216,11 @@ def test_in_flight_requests_scale_the_model_up_under_load_and_down_after_it(
 
 
 def test_cpu_utilisation_scales_the_model_up_under_load_and_down_after_it(
-    models: Models, prometheus: Prometheus, load: list[Load]
+    models: Models, kubectl: Kubectl, prometheus: Prometheus, load: list[Load]
 ) -> None:
     _scale_up_and_down(
         models,
+        kubectl,
         prometheus,
         load,
         {"minReplicas": 1, "maxReplicas": MAX_REPLICAS, "metric": "cpu", "targetCPUUtilization": 60},

@@ -82,8 +82,9 @@ def test_a_model_deployment_gets_its_children_and_becomes_ready(
     assert "kopf" not in status
 
     table = kubectl("get", "md", "-n", models.namespace).stdout.split()
-    assert table[:5] == ["NAME", "MODEL", "VERSION", "READY", "STATUS"]
-    assert table[6:11] == ["iris", "iris", "3", "2/2", "Healthy"]
+    assert table[:8] == ["NAME", "MODEL", "VERSION", "READY", "STATUS", "LOAD", "DESIRED", "AGE"]
+    # Not autoscaled: LOAD and DESIRED are blank, so the row's words follow the header's.
+    assert table[8:13] == ["iris", "iris", "3", "2/2", "Healthy"]
     assert {("Normal", "RevisionCreated"), ("Normal", "Ready")} <= set(events(models, "iris"))
 
 

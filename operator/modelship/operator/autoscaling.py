@@ -150,9 +150,13 @@ def autoscaling_status(scaling: Autoscaling, hpa_status: Mapping[str, Any]) -> d
     if current is not None:
         out["current"] = current
     out["load"] = f"{current or '?'}/{target} {unit}"
-    for key in ("currentReplicas", "desiredReplicas", "lastScaleTime"):
-        if hpa_status.get(key) is not None:
-            out[key] = hpa_status[key]
+    # A new HPA's status says 0 and 0 until its first sync: no size has been chosen yet, and
+    # minReplicas is at least 1, so 0 would be a false reading.
+    if hpa_status.get("desiredReplicas"):
+        out["currentReplicas"] = hpa_status.get("currentReplicas") or 0
+        out["desiredReplicas"] = hpa_status["desiredReplicas"]
+    if hpa_status.get("lastScaleTime") is not None:
+        out["lastScaleTime"] = hpa_status["lastScaleTime"]
     active = bodies.condition(hpa_status, "ScalingActive")
     if active is not None:
         out["scalingActive"] = active.get("status") == "True"
