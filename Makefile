@@ -90,7 +90,7 @@ bench-rebalance: install ## how fast a pod added under keep-alive load gets its 
 .PHONY: bench-autoscale
 bench-autoscale: install ## the HPA under a step load (1 → 8 → 32 connections), on CPU and on in-flight requests (PNG too)
 	$(CLUSTER) up --real-node
-	$(PY) bench/autoscale.py --png bench/figures/autoscale.png
+	$(PY) bench/autoscale.py --step-seconds 45 --png bench/figures/autoscale.png
 
 .PHONY: lint
 lint: install ## ruff and mypy

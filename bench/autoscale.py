@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=list(METRICS))
     parser.add_argument("--steps", nargs="+", type=int, default=[1, 8, 32], help="connections per step")
     parser.add_argument("--step-seconds", type=int, default=60)
-    parser.add_argument("--settle-seconds", type=int, default=120)
+    parser.add_argument("--settle-seconds", type=int, default=240)
     parser.add_argument("--max", type=int, default=4, help="maxReplicas")
     parser.add_argument("--png", type=Path, default=ROOT / ".build" / "bench-autoscale" / "autoscale.png")
     parser.add_argument("--kubeconfig", default=str(ROOT / ".cluster" / "kubeconfig"))
