@@ -63,6 +63,13 @@ class Prometheus:
         temporary.replace(path)
         return path
 
+    def requests_by_pod(self, namespace: str, window: str) -> dict[str, float]:
+        """The inference requests each pod of a namespace answered over the last `window`."""
+        series = self.query(
+            f'sum by (pod) (increase(modelship_requests_total{{namespace="{namespace}"}}[{window}]))'
+        )
+        return {s["metric"]["pod"]: float(s["value"][1]) for s in series}
+
     def wait_scraped(self, selector: str, *, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Wait until the series `selector` selects are in Prometheus, and return them."""
         return wait_until(

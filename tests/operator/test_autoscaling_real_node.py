@@ -105,13 +105,6 @@ def load() -> Iterator[list[Load]]:
         each.stop()
 
 
-def _requests_by_pod(prometheus: Prometheus, namespace: str, window: str) -> dict[str, float]:
-    series = prometheus.query(
-        f'sum by (pod) (increase(modelship_requests_total{{namespace="{namespace}"}}[{window}]))'
-    )
-    return {s["metric"]["pod"]: float(s["value"][1]) for s in series}
-
-
 def _custom_metric(kubectl: Kubectl, namespace: str) -> dict[str, str]:
     """The custom metrics API's values of modelship_inflight_requests, by pod."""
     path = f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/*/modelship_inflight_requests"
@@ -173,7 +166,7 @@ def _scale_up_and_down(
     print(f"under load: {busy.get('load')}, {len(grown)} ready pods, desired {busy.get('desiredReplicas')}")
 
     def every_pod_serves() -> dict[str, float] | None:
-        counts = _requests_by_pod(prometheus, models.namespace, "5s")
+        counts = prometheus.requests_by_pod(models.namespace, "5s")
         serving = {pod: n for pod, n in counts.items() if pod in grown and n > 0}
         return serving if len(serving) == len(grown) else None
 

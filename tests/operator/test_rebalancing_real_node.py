@@ -190,13 +190,6 @@ def test_a_canary_gets_its_weight_of_the_requests_of_clients_connected_before_it
     assert pooled.reconnects > 0, pooled
 
 
-def _requests_by_pod(prometheus: Prometheus, namespace: str, window: str) -> dict[str, float]:
-    series = prometheus.query(
-        f'sum by (pod) (increase(modelship_requests_total{{namespace="{namespace}"}}[{window}]))'
-    )
-    return {s["metric"]["pod"]: float(s["value"][1]) for s in series}
-
-
 def test_pods_added_under_load_get_their_share_of_connected_clients_within_seconds(
     models: Models, prometheus: Prometheus, start_clients: Callable[[str], Clients]
 ) -> None:
@@ -211,7 +204,7 @@ def test_pods_added_under_load_get_their_share_of_connected_clients_within_secon
 
     def every_pod_serves() -> dict[str, float] | None:
         # Each pod's requests in the last 5 s; a fair share would be a quarter of them.
-        counts = _requests_by_pod(prometheus, models.namespace, "5s")
+        counts = prometheus.requests_by_pod(models.namespace, "5s")
         total = sum(counts.values())
         serving = {pod: n / total for pod, n in counts.items() if pod in before | added} if total else {}
         return serving if len(serving) == 4 and min(serving.values()) >= 0.10 else None
