@@ -241,23 +241,25 @@ def test_deleting_the_pod_makes_the_deployment_start_a_new_one(echo: EchoApp) ->
 
 
 def test_kubectl_top_shows_the_real_pods_cpu_and_memory_from_metrics_server(echo: EchoApp) -> None:
-    # metrics-server scrapes the kubelet every 10 s: the pod's first figures come within a few.
-    def top() -> str | None:
+    # metrics-server scrapes the kubelet every 10 s: a pod's first figures come after two scrapes,
+    # and a pod an earlier test replaced may still be listed until the next one.
+    def top() -> dict[str, list[str]] | None:
         out = subprocess.run(
             [*echo.kubectl, "-n", echo.namespace, "top", "pods", "--no-headers"],
             capture_output=True,
             text=True,
             timeout=30,
         )
-        return out.stdout if out.returncode == 0 and out.stdout.strip() else None
+        if out.returncode != 0:
+            return None
+        figures = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line.strip()}
+        pods = {p.metadata.name for p in echo.ready_pods()}
+        return figures if pods and pods <= set(figures) else None
 
-    lines = wait_until(top, timeout=90, interval=2, what="kubectl top pods to show the echo pod").splitlines()
-    pods = {p.metadata.name for p in echo.ready_pods()}
-    figures = {line.split()[0]: line.split()[1:] for line in lines}
-    assert pods <= set(figures), (pods, lines)
+    figures = wait_until(top, timeout=90, interval=2, what="kubectl top pods to show every ready echo pod")
     for cpu, memory in figures.values():
-        assert cpu.endswith("m") and memory.endswith("Mi"), lines
-        assert int(memory[:-2]) > 0, lines
+        assert cpu.endswith("m") and memory.endswith("Mi"), figures
+        assert int(memory[:-2]) > 0, figures
 
 
 def test_the_custom_metrics_api_is_served_through_the_aggregation_layer(echo: EchoApp) -> None:
