@@ -92,6 +92,10 @@ bench-autoscale: install ## the HPA under a step load (1 → 8 → 32 connection
 	$(CLUSTER) up --real-node
 	$(PY) bench/autoscale.py --step-seconds 45 --png bench/figures/autoscale.png
 
+.PHONY: bench-server-limits
+bench-server-limits: install ## the server under heavy input: peak RSS against body size, probe latency during a large request, req/s before/after (PNG too)
+	$(PY) bench/server_limits.py --png bench/figures/server_limits.png
+
 .PHONY: lint
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check operator server_image tests bench hack

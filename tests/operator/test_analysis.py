@@ -144,12 +144,13 @@ def test_the_built_in_checks_select_the_revisions_own_series() -> None:
         AnalysisSettings(interval=30, max_latency_p99=0.5), namespace="prod", name="iris", revision="9b1c"
     )
     selector = 'namespace="prod",revision="9b1c"'
-    assert planned.requests == f"sum(increase(modelship_requests_total{{{selector}}}[30s]))"
+    answered = selector + ',code!="499"'
+    assert planned.requests == f"sum(increase(modelship_requests_total{{{answered}}}[30s]))"
     success, latency = planned.checks
     assert success == Check(
         "success-rate",
-        f'(sum(rate(modelship_requests_total{{{selector},code!~"5.."}}[30s])) or vector(0))'
-        f" / sum(rate(modelship_requests_total{{{selector}}}[30s]))",
+        f'(sum(rate(modelship_requests_total{{{selector},code!~"5..|499"}}[30s])) or vector(0))'
+        f" / sum(rate(modelship_requests_total{{{answered}}}[30s]))",
         min=0.99,
     )
     assert latency == Check(

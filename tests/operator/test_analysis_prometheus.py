@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +109,39 @@ def test_a_revision_that_answers_5xx_fails_on_success_rate(
     assert success.value == pytest.approx(1 - failing_share, abs=0.1)
     assert m.summary.startswith("success-rate 0") and " < 0.99 (revision " in m.summary
     assert set(traffic.statuses) <= {200, 500}
+
+
+def test_clients_that_give_up_mid_request_neither_fail_a_revision_nor_make_its_sample(
+    prometheus: Prometheus, scraped_servers: ScrapedServers, tmp_path: Path
+) -> None:
+    model = canary_models.healthy()
+    server = _serve(scraped_servers, tmp_path, model)
+    cut_off = (
+        f"POST /v2/models/{server.model_name}/infer HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/json\r\nContent-Length: 10000\r\n\r\n{"
+    ).encode()
+    stop = threading.Event()
+
+    def impatient() -> None:
+        while not stop.is_set():
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(cut_off)
+            stop.wait(0.01)
+
+    settings = analysis.parse_settings(FAST)
+    leaving = threading.Thread(target=impatient, daemon=True)
+    leaving.start()
+    try:
+        with server.traffic([model.request]) as traffic:
+            m = _conclusive(prometheus, settings, server)
+    finally:
+        stop.set()
+        leaving.join(timeout=10)
+    assert set(traffic.statuses) == {200}
+    gave_up = prometheus.query(f'sum(modelship_requests_total{{namespace="{server.namespace}",code="499"}})')
+    assert gave_up and float(gave_up[0]["value"][1]) > 0, "no request was counted as given up (499)"
+    assert m.verdict == Result.PASS, m.summary
+    assert _result(m, "success-rate").value == pytest.approx(1.0)
 
 
 def test_a_slow_revision_fails_on_latency(

@@ -173,3 +173,62 @@ def slow(iterations: int, width: int = 256) -> onnx.ModelProto:
         inits,
     )
     return _model(graph)
+
+
+def outer() -> onnx.ModelProto:
+    """x [n] float32 -> y [n, n], the outer product: a small request that asks for a large answer, whose
+    size the model's shapes give before it runs (y's dimensions are x's `n`)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Unsqueeze", ["x", "col_axis"], ["col"]),
+            helper.make_node("Unsqueeze", ["x", "row_axis"], ["row"]),
+            helper.make_node("Mul", ["col", "row"], ["y"]),
+        ],
+        "outer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "n"])],
+        [
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "col_axis"),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "row_axis"),
+        ],
+    )
+    return _model(graph)
+
+
+def zeros() -> onnx.ModelProto:
+    """shape int64 [2] -> y float32 of that shape (ConstantOfShape): an answer whose size only the run
+    knows; a negative size makes onnxruntime fail on input the signature allows."""
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["y"])],
+        "zeros",
+        [helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", "cols"])],
+    )
+    return _model(graph)
+
+
+def pair() -> onnx.ModelProto:
+    """a [n], b [n] float32 -> y = a + b: two inputs whose dynamic dimension must agree."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        "pair",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+    )
+    return _model(graph)
+
+
+def wide(width: int = 1024) -> onnx.ModelProto:
+    """x [batch, width] float32 -> y [batch, 1], the row sums: request bodies that grow with the rows
+    while the answers stay small."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
+    )
+    return _model(graph)

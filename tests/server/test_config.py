@@ -9,9 +9,12 @@ from modelship.server.config import (
     DEFAULT_MAX_CONNECTION_AGE_SECONDS,
     DEFAULT_MAX_CONNECTION_REQUESTS,
     ConfigError,
+    default_memory_budgets,
     default_threads,
     load_settings,
+    memory_limit,
     parse_cpu_max,
+    parse_memory_max,
 )
 
 BASE = {"MODELSHIP_MODEL_NAME": "m", "MODELSHIP_MODEL_URI": "/models/m.onnx"}
@@ -108,3 +111,33 @@ def test_default_threads_follow_the_cgroup_limit(tmp_path: Path) -> None:
     cpu_max.write_text("100000 100000\n")
     assert default_threads(cpu_max) == 1
     assert default_threads(tmp_path / "missing") >= 1
+
+
+MIB = 1 << 20
+
+
+def test_memory_budgets_follow_the_cgroup_limit(tmp_path: Path) -> None:
+    assert parse_memory_max("max\n") is None
+    assert parse_memory_max("536870912\n") == 512 * MIB
+    assert default_memory_budgets(512 * MIB) == (128 * MIB, 256 * MIB)
+    limit_file = tmp_path / "memory.max"
+    limit_file.write_text("1073741824\n")
+    assert memory_limit(limit_file) == 1 << 30
+    assert memory_limit(tmp_path / "absent") is None
+
+
+def test_a_request_budget_set_alone_raises_the_inflight_default_with_it() -> None:
+    settings = load_settings([], {**BASE, "MODELSHIP_MAX_REQUEST_MEMORY_BYTES": str(3 << 30)})
+    assert settings.max_request_memory_bytes == 3 << 30
+    assert settings.max_inflight_memory_bytes >= 3 << 30
+    with pytest.raises(ConfigError, match="max_request_memory_bytes"):
+        load_settings(
+            [],
+            {
+                **BASE,
+                "MODELSHIP_MAX_REQUEST_MEMORY_BYTES": str(2 * MIB),
+                "MODELSHIP_MAX_INFLIGHT_MEMORY_BYTES": str(MIB),
+            },
+        )
+    with pytest.raises(ConfigError, match="body_timeout_seconds"):
+        load_settings([], {**BASE, "MODELSHIP_BODY_TIMEOUT_SECONDS": "0"})

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from modelship.server.protocol import DTYPES
+from modelship.server.datatypes import DTYPES
 
 from tests.server.conftest import Servers
 

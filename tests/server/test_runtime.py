@@ -20,10 +20,13 @@ def _load(model: onnx.ModelProto) -> ModelRuntime:
 
 def test_signature_and_batch_dimension() -> None:
     mlp = _load(models.mlp())
-    assert mlp.signature.inputs == (TensorSpec("x", "FP32", (-1, 4)),)
+    assert mlp.signature.inputs == (TensorSpec("x", "FP32", (-1, 4), ("batch", None)),)
     assert mlp.signature.batched
     fixed = _load(models.fixed())
-    assert fixed.signature.outputs == (TensorSpec("doubled", "FP32", (2, 3)), TensorSpec("total", "FP32", ()))
+    assert fixed.signature.outputs == (
+        TensorSpec("doubled", "FP32", (2, 3), (None, None)),
+        TensorSpec("total", "FP32", ()),
+    )
     assert not fixed.signature.batched
     dtypes = _load(models.dtypes())
     assert [s.datatype for s in dtypes.signature.inputs] == [
@@ -35,6 +38,20 @@ def test_signature_and_batch_dimension() -> None:
         "FP16",
         "FP64",
     ]
+
+
+def test_symbolic_dimensions_keep_their_names_and_anonymous_ones_do_not() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "dims",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", None, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    signature = _load(model).signature
+    assert signature.inputs[0].shape == (-1, -1, 3)
+    assert signature.inputs[0].symbols == ("n", None, None)
+    assert signature.outputs[0].symbols == ("n", None, None)
 
 
 def test_warm_up_and_run() -> None:

@@ -101,7 +101,11 @@ def create_app(state: ServerState) -> InferenceFastPath:
         ("/v2/models/{name}/versions/{version}", endpoints.model_metadata),
         ("/v2/models/{name}", endpoints.model_metadata),
         ("/metrics", endpoints.metrics),
+        ("/", endpoints.v1_live),
+        ("/v1/models", endpoints.v1_models),
+        ("/v1/models/{name}", endpoints.v1_model_ready),
     ]
     for path, handler in reads:
-        app.add_api_route(path, handler, methods=["GET"])
+        # HEAD too: probes and load balancers that check health without a body (curl -I, some LBs).
+        app.add_api_route(path, handler, methods=["GET", "HEAD"])
     return InferenceFastPath(app, inference, draining=endpoints.draining)

@@ -225,3 +225,6 @@ def _split(results: Results, rows: list[int]) -> list[Results]:
         parts.append({name: array[start : start + count] for name, array in results.items()})
         start += count
     return parts
+
+
+Runner = DirectRunner | BatchingRunner

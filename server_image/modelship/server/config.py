@@ -11,6 +11,10 @@ from pathlib import Path
 DEFAULT_CACHE_DIR = "/tmp/modelship/models"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+# Without a cgroup memory limit (a laptop, a test) the budgets are these.
+DEFAULT_REQUEST_MEMORY_BYTES = 1 << 30
+DEFAULT_INFLIGHT_MEMORY_BYTES = 2 << 30
 # The most requests, and the longest time, a keep-alive connection is used before its client is asked to
 # reconnect (each connection draws its own limits below these: connections.py). 0 turns a limit off.
 DEFAULT_MAX_CONNECTION_REQUESTS = 100
@@ -50,6 +54,11 @@ class Settings:
     fetch_attempts: int = 4
     max_connection_requests: int = DEFAULT_MAX_CONNECTION_REQUESTS
     max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
+    max_request_memory_bytes: int = DEFAULT_REQUEST_MEMORY_BYTES
+    max_inflight_memory_bytes: int = DEFAULT_INFLIGHT_MEMORY_BYTES
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
+    idle_timeout_seconds: float = 30.0
     log_level: str = "info"
     command: str = "serve"
 
@@ -89,6 +98,34 @@ def default_threads(cpu_max_path: Path = CGROUP_CPU_MAX) -> int:
     return min(limit, available) if limit else available
 
 
+def parse_memory_max(text: str) -> int | None:
+    """Bytes a cgroup v2 `memory.max` line allows; None: no limit ("max")."""
+    value = text.strip()
+    if not value.isdigit():
+        return None
+    limit = int(value)
+    return limit if limit > 0 else None
+
+
+def memory_limit(memory_max_path: Path = CGROUP_MEMORY_MAX) -> int | None:
+    try:
+        return parse_memory_max(memory_max_path.read_text())
+    except OSError:
+        return None
+
+
+def default_memory_budgets(limit: int | None) -> tuple[int, int]:
+    """(one request, all requests in flight) as parts of the pod's memory limit.
+
+    A quarter for one request and half for all of them leaves the other half to the process itself
+    (interpreter, onnxruntime, the model's weights and arena), so that no request, nor several at once,
+    can push the pod over its limit and get it OOM-killed with every request in flight on it.
+    """
+    if limit is None:
+        return DEFAULT_REQUEST_MEMORY_BYTES, DEFAULT_INFLIGHT_MEMORY_BYTES
+    return limit // 4, limit // 2
+
+
 # (flag, env suffix, type, help). The flag's dest is the Settings field of the same name.
 _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("model_name", "MODEL_NAME", str, "name the model is served under (required)"),
@@ -119,6 +156,26 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
         "MAX_CONNECTION_AGE_SECONDS",
         float,
         "age after which a keep-alive connection is closed (drawn in [t/2, t]); 0: no limit",
+    ),
+    (
+        "max_request_memory_bytes",
+        "MAX_REQUEST_MEMORY_BYTES",
+        int,
+        "memory one request may use: body, tensors, outputs, response (default: 1/4 of the cgroup limit)",
+    ),
+    (
+        "max_inflight_memory_bytes",
+        "MAX_INFLIGHT_MEMORY_BYTES",
+        int,
+        "memory all requests in flight may use together; more wait (default: 1/2 of the cgroup limit)",
+    ),
+    ("header_timeout_seconds", "HEADER_TIMEOUT_SECONDS", float, "longest a request's headers may take"),
+    ("body_timeout_seconds", "BODY_TIMEOUT_SECONDS", float, "longest a request's body may take"),
+    (
+        "idle_timeout_seconds",
+        "IDLE_TIMEOUT_SECONDS",
+        float,
+        "longest a connection may sit without a request (new or kept alive) before it is closed",
     ),
     ("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
 )
@@ -191,6 +248,12 @@ def _settings(command: str, raw: Mapping[str, str]) -> Settings:
         values["model_sha256"] = str(values["model_sha256"]).lower()
     if "threads" not in values:
         values["threads"] = default_threads()
+    if "max_request_memory_bytes" not in values or "max_inflight_memory_bytes" not in values:
+        per_request, inflight = default_memory_budgets(memory_limit())
+        values.setdefault("max_request_memory_bytes", per_request)
+        per_request_set = values["max_request_memory_bytes"]
+        assert isinstance(per_request_set, int)
+        values.setdefault("max_inflight_memory_bytes", max(inflight, per_request_set))
     settings = Settings(**values)  # type: ignore[arg-type]
     _check(settings)
     return settings
@@ -221,5 +284,13 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             f"max_connection_age_seconds must not be negative, got {s.max_connection_age_seconds}"
         )
+    if s.max_request_memory_bytes < 1 or s.max_inflight_memory_bytes < s.max_request_memory_bytes:
+        raise ConfigError(
+            "max_request_memory_bytes must be positive and at most max_inflight_memory_bytes, got "
+            f"{s.max_request_memory_bytes} and {s.max_inflight_memory_bytes}"
+        )
+    for name in ("header_timeout_seconds", "body_timeout_seconds", "idle_timeout_seconds"):
+        if not getattr(s, name) > 0:  # NaN too
+            raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     if s.log_level not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")

@@ -2,7 +2,7 @@
 
 One `Endpoints` object per server holds its `ServerState`, and every route handler is one of its methods,
 as KServe's `V2Endpoints` does it: the handlers share the state without closures, and app.py only maps
-paths to them. Handlers take the raw request and parse the body themselves (protocol.py): a pydantic
+paths to them. Handlers take the raw request and parse the body themselves (protocol.py, v1.py): a pydantic
 model per request would cost more than the rest of the hot path together. Every error is
 `{"error": "..."}`, raised as a RequestError and answered by `error_response`.
 """
@@ -13,18 +13,24 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
-from modelship.server import protocol
-from modelship.server.errors import RequestError
+from modelship.server import compression, estimate, protocol
+from modelship.server.batching import Runner
+from modelship.server.errors import CLIENT_CLOSED, RequestError
+from modelship.server.memory import Reservation
 from modelship.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from modelship.server.runtime import InferenceError
+from modelship.server.responses import encode_infer_response
+from modelship.server.runtime import InferenceError, ModelRuntime
 from modelship.server.state import Phase, ServerState
+from modelship.server.v1 import decode_v1_request, encode_v1_response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("modelship.server.endpoints")
 
@@ -34,6 +40,9 @@ except metadata.PackageNotFoundError:  # running from a source tree
     SERVER_VERSION = "0"
 
 _JSON = protocol.JSON_CONTENT_TYPE
+T = TypeVar("T")
+# Decoding or encoding this much holds the event loop for about a millisecond: past it, a codec thread.
+OFFLOAD_BYTES = 64 << 10
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
@@ -41,7 +50,12 @@ def json_response(obj: Any, status: int = 200) -> Response:
 
 
 def error_response(status: int, message: str) -> Response:
-    headers = {"www-authenticate": "Bearer"} if status == 401 else None
+    headers = None
+    if status == 401:
+        headers = {"www-authenticate": "Bearer"}
+    elif status == 408:
+        # The rest of the body may still come, or never: either way the connection is done with.
+        headers = {"connection": "close"}
     return Response(protocol.error_body(message), status_code=status, media_type=_JSON, headers=headers)
 
 
@@ -93,58 +107,168 @@ class Endpoints:
     def draining(self) -> bool:
         return self.state.phase is Phase.DRAINING
 
-    async def read_body(self, request: Request) -> bytes:
-        max_body = self.settings.max_request_bytes
+    async def read_body(self, request: Request, reservation: Reservation) -> bytes:
+        """The body, within the size limit, the memory budget and the body timeout; decompressed.
+
+        A client that goes away mid-body is a 499 (nginx's code: the client's doing, not the server's),
+        one too slow a 408.
+        """
+        settings = self.settings
+        max_body = settings.max_request_bytes
         declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RequestError(400, "Content-Length must be a number")
-            if int(declared) > max_body:
-                raise RequestError(413, f"the body of {declared} bytes is over the limit of {max_body}")
-            return await request.body()
+        try:
+            async with asyncio.timeout(settings.body_timeout_seconds):
+                if declared is not None:
+                    body = await self._read_declared(request, declared, max_body, reservation)
+                else:
+                    body = await self._read_chunked(request, max_body, reservation)
+        except TimeoutError:
+            raise RequestError(
+                408,
+                f"the body did not arrive within {settings.body_timeout_seconds:g}s "
+                "(MODELSHIP_BODY_TIMEOUT_SECONDS)",
+            ) from None
+        except ClientDisconnect:
+            raise RequestError(
+                CLIENT_CLOSED, "the client closed the connection before sending the body"
+            ) from None
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in compression.ENCODINGS:
+            raise RequestError(
+                415, f"Content-Encoding {encoding!r} is not supported; use {', '.join(compression.ENCODINGS)}"
+            )
+        # Inflated on a codec thread, which must not touch the budget: bounded by what is left of it.
+        limit = min(max_body, self.state.memory.per_request - reservation.size)
+        data = await self.offload(len(body), compression.decompress, body, encoding, limit)
+        reservation.need(len(body) + 2 * len(data), f"a body that inflates to {len(data)} bytes")
+        return data
+
+    async def _read_declared(
+        self, request: Request, declared: str, max_body: int, reservation: Reservation
+    ) -> bytes:
+        if not (declared.isascii() and declared.isdigit()):
+            raise RequestError(400, "Content-Length must be a number")
+        length = int(declared)
+        if length > max_body:
+            raise RequestError(
+                413,
+                f"the body of {length} bytes is over the limit of {max_body} (MODELSHIP_MAX_REQUEST_BYTES)",
+            )
+        reservation.need(2 * length, f"a body of {length} bytes")
+        buffer = bytearray(length)
+        view = memoryview(buffer)
+        size = 0
+        async for chunk in request.stream():
+            end = size + len(chunk)
+            if end > length:  # uvicorn stops at Content-Length: not reached, kept as a guard
+                raise RequestError(400, "the body is longer than its Content-Length")
+            view[size:end] = chunk
+            size = end
+        if size != length:
+            raise RequestError(400, f"the body has {size} bytes, its Content-Length says {length}")
+        view.release()
+        # bytes (what the decoders take) are a copy: for a moment the body is there twice.
+        return bytes(buffer)
+
+    async def _read_chunked(self, request: Request, max_body: int, reservation: Reservation) -> bytes:
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_body:
-                raise RequestError(413, f"the body is over the limit of {max_body} bytes")
+                raise RequestError(
+                    413, f"the body is over the limit of {max_body} bytes (MODELSHIP_MAX_REQUEST_BYTES)"
+                )
+            reservation.need(2 * size, f"a body of over {size} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+    async def offload(self, size: int, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` on the codec threads when its input is large, so that the event loop (probes,
+        metrics, other requests) never waits behind it; inline when small, where a thread hop would
+        cost more than the work."""
+        if size < OFFLOAD_BYTES:
+            return work(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.state.codec, work, *args)
 
     # -----------------------------------------------------------------------------------------
     # inference (POST, served by app.InferenceFastPath)
 
     async def run_inference(self, request: Request, v1: bool) -> Response:
         # Served while draining too: a 503 would only fail a request that this pod can still answer.
-        state, settings = self.state, self.settings
+        state = self.state
         runtime, runner = state.runtime, state.runner
         if runtime is None or runner is None:
             raise RequestError(503, "the model is loading")
-        body = await self.read_body(request)
+        reservation = await state.memory.admit(
+            estimate.admission_bytes(request.headers), "the request's body and its decoding"
+        )
+        try:
+            return await self._infer_within(request, v1, runtime, runner, reservation)
+        finally:
+            reservation.release()
+
+    async def _infer_within(
+        self, request: Request, v1: bool, runtime: ModelRuntime, runner: Runner, reservation: Reservation
+    ) -> Response:
+        settings = self.settings
+        body = await self.read_body(request, reservation)
+        header_length = None if v1 else request.headers.get(protocol.HEADER_LENGTH)
+        reservation.need(estimate.decoding_bytes(body, header_length), "decoding the request")
         if v1:
-            feeds, rows = protocol.decode_v1_request(body, runtime.signature)
+            feeds, rows = await self.offload(len(body), decode_v1_request, body, runtime.signature)
+            wanted: tuple[protocol.RequestedOutput, ...] | None = None
+            request_id = None
         else:
-            req = protocol.decode_infer_request(
-                body, request.headers.get(protocol.HEADER_LENGTH), runtime.signature
+            req = await self.offload(
+                len(body), protocol.decode_infer_request, body, header_length, runtime.signature
             )
-            feeds, rows = req.feeds, req.rows
+            feeds, rows, wanted, request_id = req.feeds, req.rows, req.outputs, req.id
+        # A binary body stays alive under its inputs (they are views of it); a JSON one is done with.
+        held = len(body) if header_length is not None else 0
+        del body
+        inputs = estimate.inputs_bytes(feeds, views=held > 0, batched=self.state.batching)
+        outputs = estimate.estimate_output_bytes(runtime.signature, feeds)
+        if outputs is None:
+            reservation.need(held + inputs, "the decoded inputs")
+        else:
+            reservation.need(
+                held + inputs + estimate.outputs_and_response_bytes(outputs, wanted),
+                f"running the model on these inputs (outputs of {outputs} bytes by the model's shapes)",
+            )
         try:
             results = await runner.infer(feeds, rows)
         except InferenceError as exc:
-            raise RequestError(400, f"the model cannot run on these inputs: {exc}") from None
-        if v1:
-            return Response(
-                protocol.encode_v1_response(results, runtime.signature.output_names), media_type=_JSON
-            )
-        payload, header_length = protocol.encode_infer_response(
-            settings.model_name, settings.model_version, req.id, req.outputs, results
+            raise RequestError(exc.status, exc.message) from None
+        del feeds
+        response_size = (
+            estimate.encoded_v1_response_bytes(results)
+            if wanted is None
+            else estimate.encoded_response_bytes(results, wanted, request_id)
         )
-        if header_length is None:
+        reservation.need(
+            held + estimate.results_bytes(results) + response_size, "the response to this request"
+        )
+        if wanted is None:
+            payload = await self.offload(
+                response_size, encode_v1_response, results, runtime.signature.output_names
+            )
+            return Response(payload, media_type=_JSON)
+        payload, header = await self.offload(
+            response_size,
+            encode_infer_response,
+            settings.model_name,
+            settings.model_version,
+            request_id,
+            wanted,
+            results,
+        )
+        if header is None:
             return Response(payload, media_type=_JSON)
         return Response(
-            payload,
-            media_type=protocol.BINARY_CONTENT_TYPE,
-            headers={protocol.HEADER_LENGTH: str(header_length)},
+            payload, media_type=protocol.BINARY_CONTENT_TYPE, headers={protocol.HEADER_LENGTH: str(header)}
         )
 
     async def infer(self, request: Request, v1: bool) -> Response:
@@ -162,7 +286,7 @@ class Endpoints:
             code = exc.status
             raise
         except asyncio.CancelledError:
-            code = 499  # cut off (shutdown past its grace period): not an error of the model
+            code = CLIENT_CLOSED  # cut off (shutdown past its grace period): not an error of the model
             raise
         finally:
             state.request_finished()
@@ -192,6 +316,20 @@ class Endpoints:
         )
 
     async def model_ready(self, request: Request) -> Response:
+        self.find_model(request)
+        reason = self.not_ready_reason()
+        if reason is not None:
+            return error_response(503, reason)
+        return json_response({"name": self.settings.model_name, "ready": True})
+
+    # KServe's V1 protocol: what its SDK's `is_server_live` and `is_model_ready` ask for.
+    async def v1_live(self) -> Response:
+        return json_response({"status": "alive"})
+
+    async def v1_models(self) -> Response:
+        return json_response({"models": [self.settings.model_name]})
+
+    async def v1_model_ready(self, request: Request) -> Response:
         self.find_model(request)
         reason = self.not_ready_reason()
         if reason is not None:

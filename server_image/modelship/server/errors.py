@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# nginx's code for a request its client gave up on: counted apart, neither a client error nor the server's.
+CLIENT_CLOSED = 499
+
 
 class ModelLoadError(Exception):
     """The model cannot be fetched, verified, parsed or warmed up; the message is the line users see."""

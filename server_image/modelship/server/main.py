@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar
 
+import orjson
 import uvicorn
 from modelship.server.app import create_app
 from modelship.server.config import ConfigError, Settings, load_settings
@@ -67,22 +68,50 @@ IDLE_CLOSE_SECONDS = 1.0
 _DRAIN_TICK_SECONDS = 0.05
 
 
+def _header_timeout_tail(seconds: float) -> bytes:
+    """The 408 a request whose headers ran out of time gets, from its headers on (uvicorn's own headers,
+    `date` and `server`, go before): made once per server, it costs a timeout nothing but the write."""
+    message = f"the request's headers did not arrive within {seconds:g}s (MODELSHIP_HEADER_TIMEOUT_SECONDS)"
+    body = orjson.dumps({"error": message})
+    head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    return head + body
+
+
 class _DrainableHttp(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus what uvicorn does not do: it bounds every keep-alive connection
-    (connections.py), and keeps how long a connection has been idle, for the drain.
+    (connections.py), times out clients too slow to send a request, and keeps how long a connection has
+    been idle, for the drain.
+
+    The timeouts, against slow clients that would otherwise hold a connection (and a request in flight)
+    for good:
+    - idle: a connection that sends no byte of a request for `timeout_keep_alive` seconds is closed.
+      uvicorn arms that timer only after a response; here it is armed on a new connection too, in the
+      same slot (`timeout_keep_alive_task`), so that uvicorn's own code cancels it on the first byte
+      and when the connection is lost. uvicorn also cancels it on bytes that begin no request (the rest
+      of a body its response did not wait for, blank lines) and never arms it again: here it is, still
+      counting from when the connection went idle, so that such bytes cannot hold it open for good.
+    - headers: from the first byte of a request, its headers have `header_timeout` seconds to be complete,
+      else a 408 and a close. The timer is armed only when a read ends with headers still incomplete: a
+      request whose headers come in one read, nearly all of them, never arms or cancels one.
+    - body: endpoints.py's `read_body` times it. A drain cannot wait for that, so `stalled_for` tells it
+      which request waits on a client that sends nothing.
 
     The uvicorn internals this relies on are all here: `cycle` (the request being read or answered, None
     before the first; one pipelined behind it waits in `pipeline`), the cycle's `keep_alive` (read when its
     response starts: False adds `Connection: close` to the response and closes the connection once the
-    response is written, whatever sent it: our routes, FastAPI's or uvicorn's own 500), the
-    `on_headers_complete` and `on_response_complete` callbacks, and `shutdown()` (close now if idle, else
-    right after the response).
+    response is written, whatever sent it: our routes, FastAPI's or uvicorn's own 500), its
+    `response_started`, `more_body` (the body is not all in) and `waiting_for_100_continue`, `flow`'s
+    `read_paused`, the `on_message_begin`, `on_headers_complete` and `on_response_complete` callbacks,
+    `timeout_keep_alive(_task)` with its handler, `server_state.default_headers`, and `shutdown()` (close
+    now if idle, else right after the response).
     """
 
     accepted = 0  # connections this process has accepted: one server a process
     # Bound for each server by `_http_protocol`: uvicorn makes each connection from the class alone.
     policy: ClassVar[ConnectionPolicy]
     metrics: ClassVar[Metrics]
+    header_timeout: ClassVar[float]
+    header_timeout_tail: ClassVar[bytes]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         _DrainableHttp.accepted += 1
@@ -90,14 +119,73 @@ class _DrainableHttp(HttpToolsProtocol):
         self._budget = self.policy.draw(self._active_at)
         self._requests = 0
         self._last: RequestResponseCycle | None = None  # the request whose response closes the connection
+        self._idle_from = self._active_at  # when the connection last went idle: accepted, or answered
+        # When the first byte of a request whose headers are not complete yet came; None between them.
+        self._headers_from: float | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
         self.metrics.connections.inc()
         super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self._active_at = time.monotonic()
         super().data_received(data)
+        if self._headers_from is not None:
+            if self._header_timer is None:
+                # Counted from the request's first byte, which may have come in an earlier read.
+                left = self.header_timeout - (self._active_at - self._headers_from)
+                self._header_timer = self.loop.call_later(left, self._on_header_timeout)
+        elif (
+            self.timeout_keep_alive_task is None
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.transport.is_closing()
+        ):
+            # Idle still, yet uvicorn has just cancelled the idle timer (see the class).
+            left = self.timeout_keep_alive - (self._active_at - self._idle_from)
+            self.timeout_keep_alive_task = self.loop.call_later(left, self.timeout_keep_alive_handler)
+
+    def on_message_begin(self) -> None:
+        # Called from within data_received, which has just set `_active_at`: the time of this first byte.
+        self._headers_from = self._active_at
+        super().on_message_begin()
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self._headers_from is None or self.transport.is_closing():
+            return
+        if self.flow.read_paused:
+            # Paused by uvicorn (a pipelined request waits for the one before it): the rest of the headers
+            # may be sitting unread in the socket. The wait is ours, so it starts again.
+            self._headers_from = time.monotonic()
+            self._header_timer = self.loop.call_later(self.header_timeout, self._on_header_timeout)
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # Pipelined behind a request still being answered: a 408 now would cut into that response.
+            # It goes out whole, then the connection closes; the unfinished request gets no answer.
+            cycle.keep_alive = False
+            return
+        log.debug("%s: request headers incomplete after %gs, answering 408", self.client, self.header_timeout)
+        head = [b"HTTP/1.1 408 Request Timeout\r\n"]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(self.header_timeout_tail)
+        self.transport.write(b"".join(head))
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
+        self._headers_from = None
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
         # The decision is made when a request starts, never on an idle connection: the response to it is
         # how the client learns of the close, before it sends anything else on the connection.
         previous = self.cycle
@@ -127,7 +215,7 @@ class _DrainableHttp(HttpToolsProtocol):
         self._last = cycle
 
     def on_response_complete(self) -> None:
-        self._active_at = time.monotonic()
+        self._idle_from = self._active_at = time.monotonic()
         super().on_response_complete()
 
     def idle_for(self, now: float) -> float:
@@ -136,14 +224,29 @@ class _DrainableHttp(HttpToolsProtocol):
             return 0.0
         return now - self._active_at
 
+    def stalled_for(self, now: float) -> float:
+        """Seconds the request being read has waited on its client: its body is not all in, no byte of it
+        came for that long, and its response has not started. 0 for any other request, and while the
+        client waits on us instead: uvicorn has paused reading (a body the handler has not asked for yet
+        past 64 KiB, a pipelined request), or owes it a `100 Continue`."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_started or not cycle.more_body:
+            return 0.0
+        if self.flow.read_paused or cycle.waiting_for_100_continue:
+            # What comes once reading resumes may take a moment: the silence counts from then at most.
+            self._active_at = now
+            return 0.0
+        return now - self._active_at
 
-def _http_protocol(policy: ConnectionPolicy, metrics: Metrics) -> type[_DrainableHttp]:
+
+def _http_protocol(policy: ConnectionPolicy, metrics: Metrics, header_timeout: float) -> type[_DrainableHttp]:
     """The protocol class of one server's connections, with what they share bound to it."""
 
     class Http(_DrainableHttp):
         pass
 
     Http.policy, Http.metrics = policy, metrics
+    Http.header_timeout, Http.header_timeout_tail = header_timeout, _header_timeout_tail(header_timeout)
     return Http
 
 
@@ -154,7 +257,10 @@ class _DrainingServer(uvicorn.Server):
     stops sending new connections only after a while, and conntrack keeps the ones clients hold pinned to
     this pod. Each response from then on carries `Connection: close` (app.py), so its client reconnects, and
     the Service sends it to a pod that stays. An idle keep-alive connection has no response to carry that,
-    so it is closed once it has been idle for IDLE_CLOSE_SECONDS (why not at once: see there). The process
+    so it is closed once it has been idle for IDLE_CLOSE_SECONDS (why not at once: see there). So is one
+    whose request waits for a body its client has not sent a byte of for as long: its handler sees the
+    client leave (a 499), where the body timeout, far longer, would hold the drain (and the gauge of
+    requests in flight) for most of the grace period, or all of it. The process
     exits when no request is in flight and no connection has been open for as long (a connection still
     arriving means something still routes here), or when the grace period is over; a second signal exits
     at once.
@@ -207,8 +313,12 @@ class _DrainingServer(uvicorn.Server):
             elif now - busy_at >= IDLE_CLOSE_SECONDS:
                 break
             for connection in list(connections):
-                if isinstance(connection, _DrainableHttp) and connection.idle_for(now) >= IDLE_CLOSE_SECONDS:
+                if not isinstance(connection, _DrainableHttp):
+                    continue
+                if connection.idle_for(now) >= IDLE_CLOSE_SECONDS:
                     connection.shutdown()
+                elif connection.stalled_for(now) >= IDLE_CLOSE_SECONDS:
+                    connection.transport.close()  # not shutdown(): that waits for the response
             await asyncio.sleep(min(_DRAIN_TICK_SECONDS, deadline - now))
         log.info(
             "drained %d connection(s) and %d request(s) in %.1fs",
@@ -241,13 +351,17 @@ async def serve(settings: Settings) -> tuple[int, bool]:
         http=_http_protocol(
             ConnectionPolicy(settings.max_connection_requests, settings.max_connection_age_seconds),
             state.metrics,
+            settings.header_timeout_seconds,
         ),
         lifespan="off",
+        # No route takes one, and an upgraded connection would leave this protocol, its bounds and timeouts.
+        ws="none",
         access_log=False,
         log_config=None,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.grace_period_seconds) + 1,
-        timeout_keep_alive=30,
+        # Typed int, but uvicorn only hands it to call_later, which takes any seconds: 1.5 stays 1.5.
+        timeout_keep_alive=settings.idle_timeout_seconds,  # type: ignore[arg-type]
     )
     server = _DrainingServer(config, state)
     loop = asyncio.get_running_loop()

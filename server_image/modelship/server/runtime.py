@@ -8,17 +8,22 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from modelship.server.datatypes import DTYPES, ORT_DATATYPES
 from modelship.server.errors import ModelLoadError
 from modelship.server.fetch import ModelFile
-from modelship.server.protocol import DTYPES, ORT_DATATYPES, Signature, TensorSpec
+from modelship.server.protocol import Signature, TensorSpec
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 log = logging.getLogger("modelship.server.runtime")
 
-# What onnxruntime raises for a graph that cannot run on the given inputs (as opposed to our bugs).
-_ORT_ERRORS: tuple[type[Exception], ...] = (
+# What onnxruntime raises when a run fails (as opposed to our bugs), and on whose side the fault lies.
+# InvalidArgument: the inputs break a rule of the graph that the signature cannot show (two dynamic
+# dimensions that must agree, a value out of a Gather's range): the client's to fix, 400. The rest is
+# the model failing on inputs that match its signature (a kernel error, memory it cannot allocate): 500,
+# with onnxruntime's message, so that canary analysis counts a model that breaks on valid input.
+_CLIENT_ERRORS: tuple[type[Exception], ...] = (ort_errors.InvalidArgument,)
+_MODEL_ERRORS: tuple[type[Exception], ...] = (
     ort_errors.Fail,
-    ort_errors.InvalidArgument,
     ort_errors.RuntimeException,
     ort_errors.NotImplemented,
     ort_errors.InvalidGraph,
@@ -27,7 +32,13 @@ _ORT_ERRORS: tuple[type[Exception], ...] = (
 
 
 class InferenceError(Exception):
-    """onnxruntime refused to run the graph on these inputs."""
+    """onnxruntime refused or failed to run the graph on these inputs; `status` says whose fault."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+        what = "the model refuses these inputs" if status < 500 else "the model failed on these inputs"
+        self.message = f"{what}: {message}"
 
 
 def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
@@ -53,8 +64,11 @@ def _spec(arg: Any, what: str) -> TensorSpec:
             f"{what} {arg.name!r} has type {arg.type}, which the inference protocol cannot carry "
             "(supported: tensors of bool, (u)int8-64, float16/32/64 and string)"
         )
-    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (arg.shape or ()))
-    return TensorSpec(name=arg.name, datatype=datatype, shape=shape)
+    # onnxruntime gives a fixed dimension as an int, a symbolic one as its name, an anonymous one as None.
+    dims = tuple(arg.shape or ())
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in dims)
+    symbols = tuple(dim if isinstance(dim, str) and dim else None for dim in dims)
+    return TensorSpec(name=arg.name, datatype=datatype, shape=shape, symbols=symbols)
 
 
 def signature_of(session: ort.InferenceSession) -> Signature:
@@ -100,8 +114,10 @@ class ModelRuntime:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             results = self.session.run(self._output_names, feeds)
-        except _ORT_ERRORS as exc:
-            raise InferenceError(_first_line(exc)) from None
+        except _CLIENT_ERRORS as exc:
+            raise InferenceError(_first_line(exc), 400) from None
+        except _MODEL_ERRORS as exc:
+            raise InferenceError(_first_line(exc), 500) from None
         return dict(zip(self._output_names, results, strict=True))
 
     def warm_up(self, max_batch_size: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from modelship.server.batching import BatchingRunner, DirectRunner
 from modelship.server.config import Settings
 from modelship.server.errors import ModelLoadError
+from modelship.server.memory import MemoryBudget
 from modelship.server.metrics import Metrics
 from modelship.server.runtime import ModelRuntime
 
@@ -39,6 +40,10 @@ class ServerState:
         self.runner: DirectRunner | BatchingRunner | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.inflight = 0
+        self.memory = MemoryBudget(settings.max_request_memory_bytes, settings.max_inflight_memory_bytes)
+        # Large bodies are decoded and large responses encoded here, off the event loop; as many threads
+        # as onnxruntime's, since the two share the pod's CPUs (the memory budget bounds what waits).
+        self.codec = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="codec")
 
     def attach(self, runtime: ModelRuntime, load_seconds: float) -> None:
         """Serve this model from now on (called on the event loop, once it is loaded and warm)."""
@@ -82,3 +87,4 @@ class ServerState:
             await self.runner.close()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        self.codec.shutdown(wait=False, cancel_futures=True)

@@ -44,12 +44,16 @@ NO_PROMETHEUS = "no Prometheus: set analysis.prometheus.url or the operator's MO
 _MAX_ERROR = 300
 
 _SELECTOR = 'namespace="{{namespace}}",revision="{{revision}}"'
-REQUESTS_QUERY = f"sum(increase(modelship_requests_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+# 499 is a request its client gave up on (the server's count, as nginx's): neither a success nor a
+# failure of the revision, so impatient clients can neither roll a good version back nor make up the
+# sample a verdict needs. 4xx are the clients' mistakes: answered, so successes of the server.
+_ANSWERED = f'{_SELECTOR},code!="499"'
+REQUESTS_QUERY = f"sum(increase(modelship_requests_total{{{_ANSWERED}}}[{{{{window}}}}]))"
 # A revision that answered nothing but 5xx has no non-5xx series at all: `or vector(0)` makes that
 # a success rate of 0 instead of no data (which would only ever be inconclusive).
 SUCCESS_RATE_QUERY = (
-    f'(sum(rate(modelship_requests_total{{{_SELECTOR},code!~"5.."}}[{{{{window}}}}])) or vector(0))'
-    f" / sum(rate(modelship_requests_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+    f'(sum(rate(modelship_requests_total{{{_SELECTOR},code!~"5..|499"}}[{{{{window}}}}])) or vector(0))'
+    f" / sum(rate(modelship_requests_total{{{_ANSWERED}}}[{{{{window}}}}]))"
 )
 # Every request to either revision: what the canary's share of traffic is measured against.
 TRAFFIC_QUERY = (
