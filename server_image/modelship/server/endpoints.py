@@ -30,7 +30,6 @@ from modelship.server.runtime import InferenceError, ModelRuntime
 from modelship.server.state import Phase, ServerState
 from modelship.server.v1 import decode_v1_request, encode_v1_response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("modelship.server.endpoints")
 
@@ -111,79 +110,83 @@ class Endpoints:
         """The body, within the size limit, the memory budget and the body timeout; decompressed.
 
         A client that goes away mid-body is a 499 (nginx's code: the client's doing, not the server's),
-        one too slow a 408.
+        one too slow a 408. The timeout is a bare timer that cancels this task, not asyncio.timeout,
+        which costs several times as much on every request (measured: 6-9 µs against under 2).
         """
         settings = self.settings
-        max_body = settings.max_request_bytes
-        declared = request.headers.get("content-length")
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(settings.body_timeout_seconds, expire)
         try:
-            async with asyncio.timeout(settings.body_timeout_seconds):
-                if declared is not None:
-                    body = await self._read_declared(request, declared, max_body, reservation)
-                else:
-                    body = await self._read_chunked(request, max_body, reservation)
-        except TimeoutError:
+            body = await self._receive_body(request, reservation)
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            task.uncancel()
             raise RequestError(
                 408,
                 f"the body did not arrive within {settings.body_timeout_seconds:g}s "
                 "(MODELSHIP_BODY_TIMEOUT_SECONDS)",
             ) from None
-        except ClientDisconnect:
-            raise RequestError(
-                CLIENT_CLOSED, "the client closed the connection before sending the body"
-            ) from None
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
-        if encoding in ("", "identity"):
+        finally:
+            timer.cancel()
+        encoding = request.headers.get("content-encoding")
+        if encoding is None or encoding.strip().lower() in ("", "identity"):
             return body
+        encoding = encoding.strip().lower()
         if encoding not in compression.ENCODINGS:
             raise RequestError(
                 415, f"Content-Encoding {encoding!r} is not supported; use {', '.join(compression.ENCODINGS)}"
             )
         # Inflated on a codec thread, which must not touch the budget: bounded by what is left of it.
-        limit = min(max_body, self.state.memory.per_request - reservation.size)
+        limit = min(settings.max_request_bytes, self.state.memory.per_request - reservation.size)
         data = await self.offload(len(body), compression.decompress, body, encoding, limit)
         reservation.need(len(body) + 2 * len(data), f"a body that inflates to {len(data)} bytes")
         return data
 
-    async def _read_declared(
-        self, request: Request, declared: str, max_body: int, reservation: Reservation
-    ) -> bytes:
-        if not (declared.isascii() and declared.isdigit()):
-            raise RequestError(400, "Content-Length must be a number")
-        length = int(declared)
-        if length > max_body:
-            raise RequestError(
-                413,
-                f"the body of {length} bytes is over the limit of {max_body} (MODELSHIP_MAX_REQUEST_BYTES)",
-            )
-        reservation.need(2 * length, f"a body of {length} bytes")
-        buffer = bytearray(length)
-        view = memoryview(buffer)
-        size = 0
-        async for chunk in request.stream():
-            end = size + len(chunk)
-            if end > length:  # uvicorn stops at Content-Length: not reached, kept as a guard
-                raise RequestError(400, "the body is longer than its Content-Length")
-            view[size:end] = chunk
-            size = end
-        if size != length:
-            raise RequestError(400, f"the body has {size} bytes, its Content-Length says {length}")
-        view.release()
-        # bytes (what the decoders take) are a copy: for a moment the body is there twice.
-        return bytes(buffer)
-
-    async def _read_chunked(self, request: Request, max_body: int, reservation: Reservation) -> bytes:
+    async def _receive_body(self, request: Request, reservation: Reservation) -> bytes:
+        max_body = self.settings.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not (declared.isascii() and declared.isdigit()):
+                raise RequestError(400, "Content-Length must be a number")
+            length = int(declared)
+            if length > max_body:
+                raise RequestError(
+                    413,
+                    f"the body of {length} bytes is over the limit of {max_body} "
+                    "(MODELSHIP_MAX_REQUEST_BYTES)",
+                )
+            # Chunks joined at the end: for a moment the body is there twice.
+            reservation.need(2 * length, f"a body of {length} bytes")
+        receive = request.receive
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise RequestError(
-                    413, f"the body is over the limit of {max_body} bytes (MODELSHIP_MAX_REQUEST_BYTES)"
-                )
-            reservation.need(2 * size, f"a body of over {size} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestError(CLIENT_CLOSED, "the client closed the connection before sending the body")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if declared is None:
+                    if size > max_body:
+                        raise RequestError(
+                            413,
+                            f"the body is over the limit of {max_body} bytes (MODELSHIP_MAX_REQUEST_BYTES)",
+                        )
+                    reservation.need(2 * size, f"a body of over {size} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def offload(self, size: int, work: Callable[..., T], *args: Any) -> T:
         """`work(*args)` on the codec threads when its input is large, so that the event loop (probes,
@@ -243,14 +246,15 @@ class Endpoints:
         except InferenceError as exc:
             raise RequestError(exc.status, exc.message) from None
         del feeds
-        response_size = (
-            estimate.encoded_v1_response_bytes(results)
-            if wanted is None
-            else estimate.encoded_response_bytes(results, wanted, request_id)
-        )
-        reservation.need(
-            held + estimate.results_bytes(results) + response_size, "the response to this request"
-        )
+        outputs_size = estimate.results_bytes(results)
+        response_size = estimate.small_response_bytes(results, outputs_size)
+        if response_size is None:
+            response_size = (
+                estimate.encoded_v1_response_bytes(results)
+                if wanted is None
+                else estimate.encoded_response_bytes(results, wanted, request_id)
+            )
+        reservation.need(held + outputs_size + response_size, "the response to this request")
         if wanted is None:
             payload = await self.offload(
                 response_size, encode_v1_response, results, runtime.signature.output_names

@@ -6,8 +6,8 @@ process's peak RSS): simdjson keeps a copy of the document's strings (up to the 
 tape and 8 of structural index for each number with its comma; the float64/int64 buffer it exports
 takes 8 more and the cast to the input's datatype up to 8 more: 40 bytes a number besides the body and
 its copy. Clients write a float in about 9 characters (`0.123456,`): 6.4 times the body in all, where
-bench/server_limits.py measured 5.6 times (2026-12-07). Encoded as JSON, an element takes up to 6 times
-its binary size (an INT8's `-128,`, a BOOL's `false,`).
+bench/server_limits.py measured 5.5 times (2026-12-07). Encoded as JSON, an element takes up to 9 times
+its binary size (an FP16's `-0.0000011174898,`, a BOOL's `false,` 6).
 
 The outputs' size comes from the model's shapes (estimate_output_bytes); a response's is a bound on what
 responses.py and v1.py write (encoded_response_bytes, encoded_v1_response_bytes), from the widest text
@@ -26,7 +26,10 @@ from modelship.server.datatypes import DTYPES, datatype_of
 
 JSON_VALUE_BYTES = 40
 TYPICAL_JSON_VALUE_CHARS = 9
-JSON_PER_BINARY_BYTE = 6
+JSON_PER_BINARY_BYTE = 9  # an FP16 takes up to 17 characters for its 2 bytes (JSON_ELEMENT_CHARS)
+# Below this a response's size is bounded, not counted; the overhead covers names, shapes and the id.
+SMALL_RESPONSE_BYTES = 64 << 10
+SMALL_RESPONSE_OVERHEAD = 4096
 # A Python str in a BYTES tensor's object array, beyond its pointer and its characters.
 STRING_OVERHEAD_BYTES = 56
 
@@ -100,6 +103,16 @@ def outputs_and_response_bytes(outputs: int, wanted: Sequence[protocol.Requested
     if wanted is not None and all(out.binary for out in wanted):
         return 2 * outputs
     return outputs * (1 + JSON_PER_BINARY_BYTE)
+
+
+def small_response_bytes(results: Mapping[str, np.ndarray], outputs: int) -> int | None:
+    """A bound of the response to small numeric outputs, cheaper than counting it (most requests); None
+    when the outputs are large or hold strings, whose JSON only counting can bound."""
+    if outputs * JSON_PER_BINARY_BYTE > SMALL_RESPONSE_BYTES:
+        return None
+    if any(array.dtype == object for array in results.values()):
+        return None
+    return outputs * JSON_PER_BINARY_BYTE + SMALL_RESPONSE_OVERHEAD
 
 
 def results_bytes(results: Mapping[str, np.ndarray]) -> int:
