@@ -19,9 +19,7 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +29,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
@@ -40,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "server_image"))
 
+from loopback import free_port, run_wrk, serving_process  # noqa: E402
 from modelship.server.runtime import session_options  # noqa: E402
 
 from tests.server.models import mlp, save  # noqa: E402
@@ -58,12 +56,6 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_inputs() -> tuple[Path, np.ndarray, Path, Path]:
@@ -135,53 +127,15 @@ def in_process(model: Path, row: np.ndarray, threads: int, concurrency: int, sec
 
 @contextmanager
 def running(command: list[str], env: dict[str, str], ready_url: str, log: Path) -> Iterator[None]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=out, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited with {proc.returncode}; see {log}")
-            try:
-                # trust_env=False: loopback, never through HTTP_PROXY (which pip, for KServe, may need).
-                if httpx.get(ready_url, timeout=1, trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command} not ready after 120 s; see {log}")
-            time.sleep(0.1)
+    with serving_process(command, {**os.environ, **env}, ready_url, log, cwd=ROOT):
         yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not match:
-        raise ValueError(f"cannot read wrk latency {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def wrk(url: str, script: Path, concurrency: int, seconds: float, name: str) -> Result:
-    threads = 1 if concurrency == 1 else 2
-    base = ["wrk", f"-t{threads}", f"-c{concurrency}", "--latency", "-s", str(script)]
-    subprocess.run([*base, "-d1s", url], check=True, capture_output=True)  # warm-up: connections, caches
-    out = subprocess.run([*base, f"-d{seconds:g}s", url], check=True, capture_output=True, text=True).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"{name} answered errors under load:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    return Result(name, concurrency, rps, p50, p99)
+    run = run_wrk(url, script, concurrency, seconds)
+    if run.errors:
+        raise RuntimeError(f"{name} answered errors under load: {run.errors}")
+    return Result(name, concurrency, run.rps, run.p50_ms, run.p99_ms)
 
 
 def modelship(model: Path, script: Path, threads: int, seconds: float, batching: bool) -> list[Result]:

@@ -41,9 +41,7 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,13 +54,13 @@ from typing import Any
 
 import httpx
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.server.models import mlp, save  # noqa: E402
+from loopback import free_port, run_wrk, serving_process  # noqa: E402
+
+from tests.server.models import mlp, save, wide  # noqa: E402
 
 OUT = ROOT / ".build" / "bench"
 LOGS = OUT / "server_limits-logs"  # the servers' output, the last run's of each kind
@@ -85,12 +83,6 @@ JSON_NUMBER_CHARS = 9
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def load_average() -> float:
@@ -159,19 +151,8 @@ def materialize(side: str, ref: str, tmp: Path) -> Tree:
 
 
 def wide_model(path: Path) -> Path:
-    """x FP32 [batch, 1024] -> y = x @ w, FP32 [batch, 1]."""
-    weight = np.full((FEATURES, 1), 1.0 / FEATURES, dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        WIDE,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return save(model, path)
+    """x FP32 [batch, 1024] -> y FP32 [batch, 1], the row sums (tests/server/models.py)."""
+    return save(wide(FEATURES), path)
 
 
 def json_numbers(count: int, rng: np.random.Generator) -> bytes:
@@ -311,34 +292,23 @@ def serving(
     LOGS.mkdir(parents=True, exist_ok=True)
     log_path = LOGS / f"{tree.side}-{tag}.log"
     url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelship.server"], env=env, stdout=out, stderr=out, cwd=work
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise StartError(
-                    f"{tree.side} server exited with {proc.returncode} at start; "
-                    f"{log_path}:\n{tail(log_path)}"
+    with contextlib.ExitStack() as stack:
+        try:
+            proc = stack.enter_context(
+                serving_process(
+                    [sys.executable, "-m", "modelship.server"],
+                    env,
+                    f"{url}/v2/health/ready",
+                    log_path,
+                    cwd=work,
+                    timeout=START_TIMEOUT,
                 )
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/v2/health/ready", timeout=1, trust_env=False).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise StartError(f"{tree.side} server not ready after {START_TIMEOUT:.0f} s; see {log_path}")
-            time.sleep(0.1)
+            )
+        except RuntimeError as exc:
+            raise StartError(f"{tree.side} server: {exc}:\n{tail(log_path)}") from None
         yield Server(proc.pid, url, log_path)
         if proc.poll() is not None:
             raise RuntimeError(f"{tree.side} server died ({proc.returncode}); {log_path}:\n{tail(log_path)}")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,41 +478,9 @@ class Load:
     errors: str = ""
 
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not match:
-        raise ValueError(f"cannot read wrk latency {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _found(pattern: str, text: str) -> str:
-    match = re.search(pattern, text, re.M)
-    if match is None:
-        raise RuntimeError(f"wrk's output has no {pattern!r}:\n{text}")
-    return match.group(1)
-
-
 def wrk(url: str, script: Path, concurrency: int, seconds: float, round_: int) -> Load:
-    threads = 1 if concurrency == 1 else 2
-    base = ["wrk", f"-t{threads}", f"-c{concurrency}", "--latency", "--timeout", "5s", "-s", str(script)]
-    subprocess.run([*base, "-d1s", url], check=True, capture_output=True, timeout=60)  # warm-up
-    out = subprocess.run(
-        [*base, f"-d{seconds:g}s", url], check=True, capture_output=True, text=True, timeout=seconds + 60
-    ).stdout
-    errors = "; ".join(
-        line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line
-    )
-    return Load(
-        round_,
-        concurrency,
-        float(_found(r"Requests/sec:\s+([\d.]+)", out)),
-        _ms(_found(r"^\s+50%\s+(\S+)", out)),
-        _ms(_found(r"^\s+99%\s+(\S+)", out)),
-        errors,
-    )
+    run = run_wrk(url, script, concurrency, seconds)
+    return Load(round_, concurrency, run.rps, run.p50_ms, run.p99_ms, run.errors)
 
 
 def small_requests(work: Path) -> tuple[Path, Path]:

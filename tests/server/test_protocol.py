@@ -469,7 +469,8 @@ def test_int8_takes_its_whole_range(reader: str) -> None:
         (b'{"inputs": [{"name": "x", "data": [-9223372036854775809]}]}', "malformed JSON: BIGINT_ERROR"),
         # NaN, but malformed anyway: Python's json module says where.
         (b'{"inputs": [NaN, ]}', "malformed JSON: "),
-        (b'{"i": ' + b"[" * 2000 + b"NaN" + b"]" * 2000 + b"}", "malformed JSON"),
+        # Too deep for simdjson, so never handed to Python's json, whatever the recursion limit.
+        (b'{"i": ' + b"[" * 2000 + b"NaN" + b"]" * 2000 + b"}", "malformed JSON: DEPTH_ERROR"),
     ],
 )
 def test_json_the_parsers_refuse_is_400(reader: str, body: bytes, fragment: str) -> None:

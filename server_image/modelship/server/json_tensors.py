@@ -84,7 +84,9 @@ def load_json(data: bytes) -> Any:
         # simdjson's error codes arrive as ValueError (UnicodeDecodeError among them), RuntimeError
         # (DEPTH_ERROR, BIGINT_ERROR), and for codes it does not expect at parse time, the others.
         problem = _simdjson_message(exc)
-    if b"NaN" not in data and b"Infinity" not in data:
+    # Nesting deeper than simdjson takes is refused whatever else the body holds: Python's json module
+    # would go as deep as the interpreter's recursion limit lets it, which is not ours to rely on.
+    if (b"NaN" not in data and b"Infinity" not in data) or problem.startswith("DEPTH_ERROR"):
         raise bad_request(f"malformed JSON: {problem}")
     if len(data) > MAX_NONFINITE_JSON_BYTES:
         raise bad_request(

@@ -48,7 +48,8 @@ class MemoryBudget:
             413,
             f"{what} needs about {mib(size)} of memory, over the limit of {mib(self.per_request)} for one "
             "request (MODELSHIP_MAX_REQUEST_MEMORY_BYTES; the default is a quarter of the pod's memory "
-            "limit); send fewer rows per request",
+            "limit); send fewer rows per request, or tensors in binary form (as JSON they take about 6 "
+            "times as much)",
         )
 
     async def admit(self, size: int, what: str) -> Reservation:
