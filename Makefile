@@ -7,6 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha256sum | cut -c1-12)
+CLIENTS_VENV := .build/clients-venv
+CLIENTS_REQUIREMENTS := tests/server/clients/requirements.txt
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed-$(shell sha256sum < $(CLIENTS_REQUIREMENTS) | cut -c1-12)
 CLUSTER := hack/cluster
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
@@ -22,6 +25,15 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 .PHONY: install
 install: $(STAMP) ## create .venv and install modelship with its server, cli and dev extras, at the versions of constraints.txt
+
+$(CLIENTS_STAMP): $(CLIENTS_REQUIREMENTS)
+	rm -rf $(CLIENTS_VENV)
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(CLIENTS_REQUIREMENTS)
+	touch $@
+
+.PHONY: clients
+clients: $(CLIENTS_STAMP) ## the V2/V1 client libraries the server's tests drive it with (tritonclient, KServe SDK), in .build/clients-venv
 
 .PHONY: lock
 lock: ## regenerate constraints.txt from a fresh, unconstrained install of .[dev,server,cli] (then run the tests)
@@ -64,13 +76,13 @@ demo-stop: ## uninstall the demo's operator and delete its namespace
 	hack/demo stop
 
 .PHONY: test
-test: install deps cluster-build images ## run every test on the local cluster, its real node and Prometheus (starts them when needed)
+test: install clients deps cluster-build images ## run every test on the local cluster, its real node and Prometheus (starts them when needed)
 	$(CLUSTER) up --real-node
 	@mkdir -p .build && rm -f .build/test-results.xml
 	$(PY) -m pytest -ra --junitxml=.build/test-results.xml
 
 .PHONY: test-unit
-test-unit: install ## run only the tests that need no cluster
+test-unit: install clients ## run only the tests that need no cluster
 	$(PY) -m pytest -ra -m 'not cluster'
 
 .PHONY: bench-rollout

@@ -29,6 +29,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models.save(models.dtypes(), folder / "dtypes.onnx")
     models.save(models.strings(), folder / "strings.onnx")
     models.save(models.fixed(), folder / "fixed.onnx")
+    models.save(models.every(), folder / "every.onnx")
     return folder
 
 
@@ -120,6 +121,7 @@ class Servers:
     dtypes: ServerProcess
     strings: ServerProcess
     fixed: ServerProcess
+    every: ServerProcess
     auth: ServerProcess
     token: str
 
@@ -146,6 +148,7 @@ def servers(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "dtypes": ServerProcess(env(name="dtypes")),
         "strings": ServerProcess(env(name="strings")),
         "fixed": ServerProcess(env(name="fixed")),
+        "every": ServerProcess(env(name="every")),
         "auth": ServerProcess(
             {
                 **env(name="mlp", MODELSHIP_MAX_BATCH_SIZE="1"),

@@ -103,6 +103,37 @@ def dtypes() -> onnx.ModelProto:
     return _model(helper.make_graph(nodes, "dtypes", inputs, outputs, inits))
 
 
+# Every V2 datatype the server maps to an ONNX type (BF16 has none in numpy or onnxruntime's Python API).
+EVERY_DATATYPE = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def every() -> onnx.ModelProto:
+    """An Identity per V2 datatype: input `<datatype>` of shape [`<datatype>_rows`, `<datatype>_cols`]
+    to output `<datatype>_out`. The dimensions are named apart, so each tensor has a shape of its own."""
+    inputs, outputs, nodes = [], [], []
+    for datatype, elem in EVERY_DATATYPE.items():
+        name = datatype.lower()
+        dims = [f"{name}_rows", f"{name}_cols"]
+        inputs.append(helper.make_tensor_value_info(name, elem, dims))
+        outputs.append(helper.make_tensor_value_info(f"{name}_out", elem, dims))
+        nodes.append(helper.make_node("Identity", [name], [f"{name}_out"]))
+    return _model(helper.make_graph(nodes, "every", inputs, outputs))
+
+
 def strings() -> onnx.ModelProto:
     """BYTES in and out: text [batch, 2] with its two columns swapped into `swapped`."""
     order = numpy_helper.from_array(np.array([1, 0], dtype=np.int64), "order")

@@ -27,6 +27,8 @@ def test_health_server_metadata_and_model_metadata(servers: Servers) -> None:
     assert httpx.get(f"{url}/v2/health/ready").json() == {"ready": True}
     meta = httpx.get(f"{url}/v2").json()
     assert meta["name"] == "modelship" and "binary_tensor_data" in meta["extensions"]
+    # The published OpenAPI spec writes it `/v2/`: answered there, not redirected.
+    assert httpx.get(f"{url}/v2/", follow_redirects=False).json() == meta
     model = httpx.get(f"{url}/v2/models/mlp").json()
     assert model["name"] == "mlp" and model["versions"] == ["3"] and model["platform"] == "onnxruntime_onnx"
     assert model["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]

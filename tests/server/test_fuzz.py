@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from modelship.server.datatypes import DTYPES
 
+from tests.server import models
 from tests.server.conftest import Servers
 
 DATATYPES = [
@@ -36,8 +37,26 @@ DATATYPES = [
     "BF16",
     "fp32",
 ]
-NAMES = ["x", "text", "i64", "i32", "i8", "u8", "b", "f16", "f64", "y", "swapped", "total", "", "é"]
-MODELS = ["mlp", "dtypes", "strings", "fixed"]
+NAMES = [
+    "x",
+    "text",
+    "i64",
+    "i32",
+    "i8",
+    "u8",
+    "b",
+    "f16",
+    "f64",
+    "y",
+    "swapped",
+    "total",
+    "",
+    "é",
+    "uint16",
+    "bytes",
+    "fp16_out",
+]
+MODELS = ["mlp", "dtypes", "strings", "fixed", "every"]
 
 scalars = st.one_of(
     st.none(),
@@ -122,6 +141,7 @@ SIGNATURES: dict[str, list[tuple[str, str, list[int]]]] = {
     ],
     "strings": [("text", "BYTES", [-1, 2])],
     "fixed": [("x", "FP32", [2, 3])],
+    "every": [(datatype.lower(), datatype, [-1, -1]) for datatype in models.EVERY_DATATYPE],
 }
 ELEMENTS: dict[str, st.SearchStrategy[Any]] = {
     "FP32": st.floats(-1e6, 1e6, width=32),
@@ -131,6 +151,10 @@ ELEMENTS: dict[str, st.SearchStrategy[Any]] = {
     "INT32": st.integers(-(2**31), 2**31 - 1),
     "INT8": st.integers(-128, 127),
     "UINT8": st.integers(0, 255),
+    "INT16": st.integers(-(2**15), 2**15 - 1),
+    "UINT16": st.integers(0, 2**16 - 1),
+    "UINT32": st.integers(0, 2**32 - 1),
+    "UINT64": st.integers(0, 2**64 - 1),
     "BOOL": st.booleans(),
     "BYTES": st.text(max_size=6),
 }

@@ -28,6 +28,10 @@ def test_signature_and_batch_dimension() -> None:
         TensorSpec("total", "FP32", ()),
     )
     assert not fixed.signature.batched
+    # Dynamic first dimensions named apart are sizes of their own, not one batch: no rows to merge.
+    every = _load(models.every())
+    assert not every.signature.batched
+    assert every.signature.inputs[0] == TensorSpec("bool", "BOOL", (-1, -1), ("bool_rows", "bool_cols"))
     dtypes = _load(models.dtypes())
     assert [s.datatype for s in dtypes.signature.inputs] == [
         "INT64",

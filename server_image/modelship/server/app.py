@@ -96,6 +96,9 @@ def create_app(state: ServerState) -> InferenceFastPath:
         ("/v2/health/live", endpoints.live),
         ("/v2/health/ready", endpoints.ready),
         ("/v2", endpoints.server_metadata),
+        # The published OpenAPI spec names it with the slash: served, not redirected to a Location
+        # that names this pod's own address.
+        ("/v2/", endpoints.server_metadata),
         ("/v2/models/{name}/versions/{version}/ready", endpoints.model_ready),
         ("/v2/models/{name}/ready", endpoints.model_ready),
         ("/v2/models/{name}/versions/{version}", endpoints.model_metadata),

@@ -248,6 +248,9 @@ def array_length(value: Any) -> int:
 
 def _wrong_kind(datatype: str, name: str) -> RequestError:
     what = "true or false" if datatype == "BOOL" else "numbers" if datatype.startswith("FP") else "integers"
+    if datatype.startswith("FP"):
+        # orjson (KServe's SDK) writes NaN as null: say how a NaN goes.
+        what += " (NaN and infinities as the literals NaN, Infinity, -Infinity; null is none)"
     return bad_request(f"data of {datatype} input {name!r} must hold {what}")
 
 

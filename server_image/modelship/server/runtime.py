@@ -74,7 +74,11 @@ def _spec(arg: Any, what: str) -> TensorSpec:
 def signature_of(session: ort.InferenceSession) -> Signature:
     inputs = tuple(_spec(arg, "input") for arg in session.get_inputs())
     outputs = tuple(_spec(arg, "output") for arg in session.get_outputs())
-    batched = all(spec.shape and spec.shape[0] == -1 for spec in (*inputs, *outputs))
+    specs = (*inputs, *outputs)
+    # A batch is a first dimension every tensor shares: dynamic everywhere, and never named apart
+    # (a model whose inputs name their first dimensions differently takes them of different sizes).
+    firsts = {spec.symbols[0] for spec in specs if spec.symbols and spec.symbols[0] is not None}
+    batched = all(spec.shape and spec.shape[0] == -1 for spec in specs) and len(firsts) <= 1
     return Signature(inputs=inputs, outputs=outputs, batched=batched)
 
 
