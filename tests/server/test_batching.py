@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,7 +20,7 @@ from modelship.server.runtime import InferenceError, ModelRuntime
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.server import models
-from tests.server.conftest import Servers
+from tests.server.conftest import Servers, StartServer
 
 
 def _runtime(model: onnx.ModelProto) -> ModelRuntime:
@@ -186,3 +187,33 @@ def test_concurrent_http_callers_get_their_own_rows_ids_and_encodings(servers: S
     requests = metric("modelship_batch_size_sum") - requests_before
     assert requests == 32
     assert runs < 32  # some requests were merged
+
+
+def test_a_model_whose_rows_mix_is_never_batched(start_server: StartServer, tmp_path: Path) -> None:
+    """x[n] -> y[n, n]: the first dimension is no batch (its name is on the second too). Stacked, each
+    caller would get an answer of the merged size holding the others' inputs, with a 200."""
+    path = models.save(models.outer(), tmp_path / "outer.onnx")
+    server = start_server(
+        {
+            "MODELSHIP_MODEL_NAME": "outer",
+            "MODELSHIP_MODEL_URI": str(path),
+            "MODELSHIP_MAX_BATCH_SIZE": "32",
+            "MODELSHIP_MAX_DELAY_MS": "300",
+        }
+    )
+    sizes = [2, 3, 5, 1, 4, 2]
+
+    def infer(i: int, n: int) -> tuple[int, np.ndarray]:
+        x = np.full(n, float(i + 1), dtype=np.float32)
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [n], "data": x.tolist()}]}
+        response = httpx.post(f"{server.url}/v2/models/outer/infer", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        (out,) = response.json()["outputs"]
+        return n, np.array(out["data"], dtype=np.float32).reshape(out["shape"])
+
+    with concurrent.futures.ThreadPoolExecutor(len(sizes)) as pool:
+        answers = list(pool.map(infer, range(len(sizes)), sizes))
+    for i, (n, y) in enumerate(answers):
+        assert y.shape == (n, n), (i, y.shape)
+        np.testing.assert_array_equal(y, np.full((n, n), float((i + 1) ** 2), dtype=np.float32))
+    assert "batching off" in server.log()

@@ -8,6 +8,7 @@ import socket
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -159,6 +160,26 @@ def test_a_response_only_the_run_can_size_is_413_before_it_is_encoded(limited: L
     assert len(binary.content) - int(binary.headers["inference-header-content-length"]) == 700 * 700 * 4
 
 
+def _rss_mib(server: ServerProcess) -> float:
+    assert server.proc is not None
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+
+
+def test_memory_the_run_made_for_a_refused_answer_goes_back(limited: LimitServers) -> None:
+    """A 64 MiB output that only the run could size: refused (413), and its memory returned; onnxruntime's
+    arena (off) would have kept it for good."""
+    server = limited.zeros
+    before = _rss_mib(server)
+    refused = _post(server, _zeros_request(4096, 4096, binary=True))
+    assert refused.status_code == 413, refused.text
+    wait_until(
+        lambda: _rss_mib(server) < before + 24,
+        timeout=15,
+        what=f"the server's RSS back near {before:.0f} MiB",
+    )
+
+
 def test_a_model_failing_on_input_its_signature_allows_is_500_with_onnxruntime_s_message(
     limited: LimitServers,
 ) -> None:
@@ -254,3 +275,19 @@ def test_kserve_v1_health_and_model_readiness(limited: LimitServers) -> None:
 def test_head_on_health_answers_without_a_body(limited: LimitServers, path: str) -> None:
     response = httpx.head(limited.outer.url + path)
     assert response.status_code == 200 and response.content == b""
+
+
+def test_v1_instances_as_objects_are_budgeted_as_python_objects(limited: LimitServers) -> None:
+    """Each `{"a": .., "b": ..}` instance becomes Python objects (some 127 bytes a value, measured): 40,000
+    of them (a 0.7 MiB body) need more than the 8 MiB budget; 10,000 fit."""
+    url = f"{limited.pair.url}/v1/models/pair:predict"
+
+    def body(count: int) -> bytes:
+        return b'{"instances":[' + b",".join([b'{"a":1.5,"b":2.5}'] * count) + b"]}"
+
+    refused = httpx.post(url, content=body(40_000), timeout=30)
+    assert refused.status_code == 413, refused.text
+    assert "decoding the request" in refused.json()["error"]
+    served = httpx.post(url, content=body(10_000), timeout=30)
+    assert served.status_code == 200, served.text
+    assert served.json()["predictions"] == [4.0] * 10_000

@@ -85,6 +85,47 @@ async def test_a_waiting_request_that_is_cancelled_gives_its_place_up() -> None:
     assert budget.used == 0
 
 
+async def test_growing_before_the_run_waits_for_room_and_gives_back_what_it_held_meanwhile() -> None:
+    """Small-bodied requests announcing large outputs queue for the in-flight budget instead of each
+    overdrawing it; two that hold memory and both want more do not deadlock."""
+    budget = MemoryBudget(per_request=8 * MIB, inflight=10 * MIB)
+    small = await budget.admit(SMALL_REQUEST_BYTES, "a small body")
+    await small.grow(8 * MIB, "outputs")
+    other = await budget.admit(SMALL_REQUEST_BYTES, "another small body")
+    grown = asyncio.create_task(other.grow(8 * MIB, "outputs"))
+    await asyncio.sleep(0)
+    assert not grown.done() and budget.used == 8 * MIB  # waits: 16 MiB would be over the 10 in flight
+    small.release()
+    await asyncio.wait_for(grown, timeout=5)
+    assert budget.used == 8 * MIB
+    other.release()
+
+    a = await budget.admit(5 * MIB, "a")
+    b = await budget.admit(5 * MIB, "b")
+    grow_a = asyncio.create_task(a.grow(8 * MIB, "a's outputs"))
+    await asyncio.sleep(0)
+    assert budget.used == 5 * MIB  # a waits holding nothing: b's 5 MiB only
+    grow_b = asyncio.create_task(b.grow(7 * MIB, "b's outputs"))
+    # b gave its 5 back, so a (first in line) gets its 8; b waits for its 7.
+    await asyncio.wait_for(grow_a, timeout=5)
+    await asyncio.sleep(0)
+    assert not grow_b.done() and budget.used == 8 * MIB
+    a.release()
+    await asyncio.wait_for(grow_b, timeout=5)
+    assert budget.used == 7 * MIB
+    b.release()
+    assert budget.used == 0
+
+
+async def test_keep_holds_only_the_response_and_small_ones_nothing() -> None:
+    budget = MemoryBudget(per_request=8 * MIB, inflight=16 * MIB)
+    reservation = await budget.admit(6 * MIB, "body")
+    reservation.keep(2 * MIB)
+    assert reservation.size == budget.used == 2 * MIB
+    reservation.keep(SMALL_REQUEST_BYTES)
+    assert reservation.size == budget.used == 0
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 def test_compressed_bodies_inflate(encoding: str) -> None:
     body = b'{"inputs": []}' * 1000

@@ -32,6 +32,8 @@ def test_signature_and_batch_dimension() -> None:
     every = _load(models.every())
     assert not every.signature.batched
     assert every.signature.inputs[0] == TensorSpec("bool", "BOOL", (-1, -1), ("bool_rows", "bool_cols"))
+    # x[n] -> y[n, n]: the first dimension's name on another dimension, so rows are not independent.
+    assert not _load(models.outer()).signature.batched
     dtypes = _load(models.dtypes())
     assert [s.datatype for s in dtypes.signature.inputs] == [
         "INT64",

@@ -5,6 +5,7 @@ server process with short timeouts, and clients on raw sockets that send exactly
 from __future__ import annotations
 
 import contextlib
+import select
 import signal
 import socket
 import time
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
-from tests.server.conftest import ServerProcess, StartServer
+from tests.server import models
+from tests.server.conftest import ServerProcess, Servers, StartServer
 from tests.support import wait_until
 
 IDLE = 1.5
@@ -265,3 +268,132 @@ def test_a_slow_but_steady_client_is_served(server: ServerProcess) -> None:
             assert headers.get("connection") != "close"
             assert orjson.loads(answer)["outputs"]
             assert took > HEADER
+
+
+_GOOD_HEAD = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (_GOOD_HEAD + b"Content-Length: 3\r\nContent-Length: 5\r\n\r\nabc", "Duplicate Content-Length"),
+        (
+            _GOOD_HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "Transfer-Encoding can't be present with Content-Length",
+        ),
+        (_GOOD_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", "Invalid character in chunk size"),
+        (b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", "Invalid header value char"),
+        (b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n", "Invalid method"),
+        (b"GET /v2/models/" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "url is too long"),
+    ],
+)
+def test_malformed_http_gets_a_json_400_that_names_the_fault(
+    servers: Servers, raw: bytes, fragment: str
+) -> None:
+    with _connected(servers.mlp) as sock:
+        sock.sendall(raw)
+        status, headers, body = _response(_until_closed(sock, time.monotonic() + 10))
+    assert status == 400 and headers["content-type"] == "application/json", (status, headers, body)
+    error = orjson.loads(body)["error"]
+    assert error.startswith("malformed HTTP request: ") and fragment in error, error
+
+
+def test_a_request_head_over_64_kib_gets_a_431_while_probes_answer(servers: Servers) -> None:
+    # Under the bound, a large header (a token, cookies) is served.
+    big = httpx.get(f"{servers.mlp.url}/v2/health/ready", headers={"X-Big": "a" * 60_000}, timeout=10)
+    assert big.status_code == 200, big.text
+    with _connected(servers.mlp) as sock:
+        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent, reply = 0, b""
+        sock.settimeout(5)
+        for _ in range(64):  # at most 1 MiB: once refused, the server closes and sends fail
+            try:
+                sock.sendall(b"a" * 16384)
+            except OSError:
+                break
+            sent += 16384
+            probe = httpx.get(f"{servers.mlp.url}/v2/health/ready", timeout=2)
+            assert probe.status_code == 200
+            if select.select([sock], [], [], 0)[0]:
+                break  # answered: stop writing what the server will not read
+        with contextlib.suppress(OSError):
+            reply = _until_closed(sock, time.monotonic() + 10)
+    status, _, body = _response(reply)
+    assert status == 431, reply[:200]
+    assert "exceed 65536 bytes" in orjson.loads(body)["error"]
+    assert 65536 <= sent <= 65536 + 2 * 16384 + 256 * 1024, sent
+
+
+def test_a_response_its_client_does_not_take_holds_its_memory_until_the_write_timeout_cuts_it(
+    start_server: StartServer, model_dir: Path, tmp_path: Path
+) -> None:
+    """A client that does not read its 10 MiB answer keeps that answer's memory reserved (the next request,
+    which needs 20 MiB of a 24 MiB budget, waits), until the server closes its connection after the
+    body timeout; then the next one is served."""
+    mib = 1 << 20
+    path = models.save(models.outer(), tmp_path / "outer.onnx")
+    env = _env(model_dir, tmp_path, MODELSHIP_MAX_REQUEST_MEMORY_BYTES=str(24 * mib))
+    server = start_server(
+        {**env, "MODELSHIP_MODEL_URI": str(path), "MODELSHIP_MAX_INFLIGHT_MEMORY_BYTES": str(24 * mib)}
+    )
+    n = 1600  # y is n x n FP32: 10.24 MB
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [n], "parameters": {"binary_data_size": 4 * n}}
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    )
+    body = header + np.ones(n, dtype="<f4").tobytes()
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes next to nothing of the answer
+    sock.connect(("127.0.0.1", server.port))
+    try:
+        sock.sendall(
+            b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+            b"Inference-Header-Content-Length: %d\r\n\r\n" % (len(body), len(header)) + body
+        )
+        started = time.monotonic()
+        served = httpx.post(f"{server.url}/v2/models/m/infer", content=body, headers=headers, timeout=30)
+        waited = time.monotonic() - started
+        assert served.status_code == 200, served.text
+        assert waited >= BODY - EARLY, f"served after {waited:.2f}s, while the first answer was still held"
+        received = b""
+        sock.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+        assert len(received) < 4 * n * n, "the untaken answer was cut off, not kept"
+    finally:
+        sock.close()
+
+
+def test_a_head_split_over_reads_then_a_large_body_is_no_431(server: ServerProcess) -> None:
+    """Only head bytes count toward the 64 KiB: the read that ends a head may carry much of the body."""
+    rows = np.ones((20_000, 4), dtype="<f4")  # 312 KiB of body
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [20_000, 4],
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ]
+        }
+    )
+    body = header + rows.tobytes()
+    with _connected(server) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n")
+        # Not a synchronisation: a pause that makes the server likely to read the head in two parts.
+        time.sleep(PACE)
+        sock.sendall(
+            b"Content-Length: %d\r\nInference-Header-Content-Length: %d\r\n\r\n" % (len(body), len(header))
+            + body
+        )
+        status, _, answer = _read_response(sock)
+    assert status == 200, answer[:300]

@@ -67,7 +67,9 @@ def _decode_binary_strings(buffer: memoryview, count: int, name: str) -> np.ndar
     return out
 
 
-def encode_binary_tensor(array: np.ndarray, datatype: str) -> bytes:
+def encode_binary_tensor(array: np.ndarray, datatype: str) -> bytes | memoryview:
+    """A tensor's raw bytes; numbers as a view of the array, which the response's one join copies: a
+    `tobytes()` first would hold a third copy of a large output at the peak (array, bytes, body)."""
     if datatype == "BYTES":
         parts: list[bytes] = []
         for value in array.ravel():
@@ -75,4 +77,6 @@ def encode_binary_tensor(array: np.ndarray, datatype: str) -> bytes:
             parts.append(_LENGTH_PREFIX.pack(len(raw)))
             parts.append(raw)
         return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=DTYPES[datatype]).tobytes()
+    if not array.size:
+        return b""  # a view of no elements cannot be cast to bytes
+    return np.ascontiguousarray(array, dtype=DTYPES[datatype]).data.cast("B")

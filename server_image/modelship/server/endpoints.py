@@ -30,6 +30,7 @@ from modelship.server.runtime import InferenceError, ModelRuntime
 from modelship.server.state import Phase, ServerState
 from modelship.server.v1 import decode_v1_request, encode_v1_response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("modelship.server.endpoints")
 
@@ -42,6 +43,37 @@ _JSON = protocol.JSON_CONTENT_TYPE
 T = TypeVar("T")
 # Decoding or encoding this much holds the event loop for about a millisecond: past it, a codec thread.
 OFFLOAD_BYTES = 64 << 10
+
+
+class HeldResponse(Response):
+    """A response that keeps its request's memory reservation until the client has taken it.
+
+    uvicorn writes a body at once into the connection's buffer, where a client that reads slowly leaves it;
+    before it takes the next message of a response it waits until that buffer has drained (below its
+    low-water mark). So the body goes, then an empty last part, and the reservation ends after that.
+    """
+
+    def __init__(self, content: bytes, reservation: Reservation, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.reservation = reservation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
+            await send({"type": "http.response.body", "body": self.body, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.reservation.release()
+
+
+def _held(payload: bytes, reservation: Reservation, **kwargs: Any) -> Response:
+    """The response to an inference request, holding from now on only the memory of its encoded body."""
+    reservation.keep(len(payload))
+    if not reservation.size:
+        return Response(payload, **kwargs)
+    return HeldResponse(payload, reservation, **kwargs)
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
@@ -210,8 +242,9 @@ class Endpoints:
         )
         try:
             return await self._infer_within(request, v1, runtime, runner, reservation)
-        finally:
+        except BaseException:
             reservation.release()
+            raise
 
     async def _infer_within(
         self, request: Request, v1: bool, runtime: ModelRuntime, runner: Runner, reservation: Reservation
@@ -219,7 +252,7 @@ class Endpoints:
         settings = self.settings
         body = await self.read_body(request, reservation)
         header_length = None if v1 else request.headers.get(protocol.HEADER_LENGTH)
-        reservation.need(estimate.decoding_bytes(body, header_length), "decoding the request")
+        await reservation.grow(estimate.decoding_bytes(body, header_length, v1), "decoding the request")
         if v1:
             feeds, rows = await self.offload(len(body), decode_v1_request, body, runtime.signature)
             wanted: tuple[protocol.RequestedOutput, ...] | None = None
@@ -235,9 +268,9 @@ class Endpoints:
         inputs = estimate.inputs_bytes(feeds, views=held > 0, batched=self.state.batching)
         outputs = estimate.estimate_output_bytes(runtime.signature, feeds)
         if outputs is None:
-            reservation.need(held + inputs, "the decoded inputs")
+            await reservation.grow(held + inputs, "the decoded inputs")
         else:
-            reservation.need(
+            await reservation.grow(
                 held + inputs + estimate.outputs_and_response_bytes(outputs, wanted),
                 f"running the model on these inputs (outputs of {outputs} bytes by the model's shapes)",
             )
@@ -259,7 +292,7 @@ class Endpoints:
             payload = await self.offload(
                 response_size, encode_v1_response, results, runtime.signature.output_names
             )
-            return Response(payload, media_type=_JSON)
+            return _held(payload, reservation, media_type=_JSON)
         payload, header = await self.offload(
             response_size,
             encode_infer_response,
@@ -270,9 +303,12 @@ class Endpoints:
             results,
         )
         if header is None:
-            return Response(payload, media_type=_JSON)
-        return Response(
-            payload, media_type=protocol.BINARY_CONTENT_TYPE, headers={protocol.HEADER_LENGTH: str(header)}
+            return _held(payload, reservation, media_type=_JSON)
+        return _held(
+            payload,
+            reservation,
+            media_type=protocol.BINARY_CONTENT_TYPE,
+            headers={protocol.HEADER_LENGTH: str(header)},
         )
 
     async def infer(self, request: Request, v1: bool) -> Response:

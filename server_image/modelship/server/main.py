@@ -12,8 +12,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import httptools
 import orjson
 import uvicorn
 from modelship.server.app import create_app
@@ -68,13 +69,55 @@ IDLE_CLOSE_SECONDS = 1.0
 _DRAIN_TICK_SECONDS = 0.05
 
 
-def _header_timeout_tail(seconds: float) -> bytes:
-    """The 408 a request whose headers ran out of time gets, from its headers on (uvicorn's own headers,
-    `date` and `server`, go before): made once per server, it costs a timeout nothing but the write."""
-    message = f"the request's headers did not arrive within {seconds:g}s (MODELSHIP_HEADER_TIMEOUT_SECONDS)"
+# The most a request's line and headers may take (nginx allows 32 KiB, Node 16 KiB): beyond it a 431 and a
+# close. httptools sets no bound; a client streaming one endless header held the event loop for seconds.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+def _error_tail(message: str) -> bytes:
+    """An error response from its headers on (uvicorn's own, `date` and `server`, go before), JSON like every
+    other error; the connection closes after it."""
     body = orjson.dumps({"error": message})
     head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
     return head + body
+
+
+def _header_timeout_tail(seconds: float) -> bytes:
+    """The 408 a request whose headers ran out of time gets: made once per server, it costs a timeout
+    nothing but the write."""
+    return _error_tail(
+        f"the request's headers did not arrive within {seconds:g}s (MODELSHIP_HEADER_TIMEOUT_SECONDS)"
+    )
+
+
+_HEAD_TOO_LARGE_TAIL = _error_tail(f"the request's line and headers exceed {MAX_HEAD_BYTES} bytes")
+
+
+class _ReasonKeepingParser:
+    """httptools' parser, keeping why it last refused a request: uvicorn's 400 says only "Invalid HTTP
+    request received." (in plain text), where ours names the fault (llhttp's reason) in JSON."""
+
+    def __init__(self, parser: httptools.HttpRequestParser) -> None:
+        self._parser = parser
+        self.reason = ""
+        # What uvicorn calls on every request, bound here rather than found by __getattr__ each time.
+        self.get_http_version = parser.get_http_version
+        self.get_method = parser.get_method
+        self.should_upgrade = parser.should_upgrade
+        self.should_keep_alive = parser.should_keep_alive
+
+    def feed_data(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            # A callback's own refusal (uvicorn parsing an over-long URL) hides behind "User callback error".
+            cause = exc.__cause__ or exc.__context__
+            shown = cause if isinstance(cause, httptools.HttpParserError) else exc
+            self.reason = str(shown) or type(shown).__name__
+            raise
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._parser, name)
 
 
 class _DrainableHttp(HttpToolsProtocol):
@@ -95,6 +138,10 @@ class _DrainableHttp(HttpToolsProtocol):
       request whose headers come in one read, nearly all of them, never arms or cancels one.
     - body: endpoints.py's `read_body` times it. A drain cannot wait for that, so `stalled_for` tells it
       which request waits on a client that sends nothing.
+    - head size: a request line and headers over MAX_HEAD_BYTES get a 431 and a close.
+    - response: a client that takes nothing of what it is sent (the write buffer stays over its high-water
+      mark) for `write_timeout` seconds is disconnected; its response holds memory until then
+      (endpoints.HeldResponse).
 
     The uvicorn internals this relies on are all here: `cycle` (the request being read or answered, None
     before the first; one pipelined behind it waits in `pipeline`), the cycle's `keep_alive` (read when its
@@ -112,6 +159,13 @@ class _DrainableHttp(HttpToolsProtocol):
     metrics: ClassVar[Metrics]
     header_timeout: ClassVar[float]
     header_timeout_tail: ClassVar[bytes]
+    write_timeout: ClassVar[float]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parser = _ReasonKeepingParser(self.parser)  # type: ignore[assignment]
+        self._head_bytes = 0
+        self._write_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         _DrainableHttp.accepted += 1
@@ -133,12 +187,43 @@ class _DrainableHttp(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The write buffer is over its high-water mark: the client is not taking what it is sent. One that
+        # takes nothing for `write_timeout` seconds would hold its response (and its memory) for good.
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.write_timeout, self._on_write_timeout)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _on_write_timeout(self) -> None:
+        self._write_timer = None
+        log.debug("%s: the client took nothing for %gs, closing", self.client, self.write_timeout)
+        # abort(), not close(): close() would wait for the buffer to drain, which is what never happens.
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self._active_at = time.monotonic()
+        began = self._headers_from
         super().data_received(data)
         if self._headers_from is not None:
+            if self._headers_from == began:
+                # More of a head begun in an earlier read, still not complete: all of this read is head.
+                # (The read that begins a head is not counted: it is bounded, and may end the body before.)
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    log.debug("%s: request head over %d bytes, answering 431", self.client, MAX_HEAD_BYTES)
+                    self._refuse(b"HTTP/1.1 431 Request Header Fields Too Large\r\n", _HEAD_TOO_LARGE_TAIL)
+                    return
             if self._header_timer is None:
                 # Counted from the request's first byte, which may have come in an earlier read.
                 left = self.header_timeout - (self._active_at - self._headers_from)
@@ -155,6 +240,7 @@ class _DrainableHttp(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         # Called from within data_received, which has just set `_active_at`: the time of this first byte.
         self._headers_from = self._active_at
+        self._head_bytes = 0
         super().on_message_begin()
 
     def _on_header_timeout(self) -> None:
@@ -174,10 +260,18 @@ class _DrainableHttp(HttpToolsProtocol):
             cycle.keep_alive = False
             return
         log.debug("%s: request headers incomplete after %gs, answering 408", self.client, self.header_timeout)
-        head = [b"HTTP/1.1 408 Request Timeout\r\n"]
+        self._refuse(b"HTTP/1.1 408 Request Timeout\r\n", self.header_timeout_tail)
+
+    def send_400_response(self, msg: str) -> None:
+        """What uvicorn answers a request httptools cannot parse, in JSON and with the parser's reason."""
+        reason = getattr(self.parser, "reason", "") or msg
+        self._refuse(b"HTTP/1.1 400 Bad Request\r\n", _error_tail(f"malformed HTTP request: {reason}"))
+
+    def _refuse(self, status_line: bytes, tail: bytes) -> None:
+        head = [status_line]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
-        head.append(self.header_timeout_tail)
+        head.append(tail)
         self.transport.write(b"".join(head))
         self.transport.close()
 
@@ -239,7 +333,9 @@ class _DrainableHttp(HttpToolsProtocol):
         return now - self._active_at
 
 
-def _http_protocol(policy: ConnectionPolicy, metrics: Metrics, header_timeout: float) -> type[_DrainableHttp]:
+def _http_protocol(
+    policy: ConnectionPolicy, metrics: Metrics, header_timeout: float, write_timeout: float
+) -> type[_DrainableHttp]:
     """The protocol class of one server's connections, with what they share bound to it."""
 
     class Http(_DrainableHttp):
@@ -247,6 +343,7 @@ def _http_protocol(policy: ConnectionPolicy, metrics: Metrics, header_timeout: f
 
     Http.policy, Http.metrics = policy, metrics
     Http.header_timeout, Http.header_timeout_tail = header_timeout, _header_timeout_tail(header_timeout)
+    Http.write_timeout = write_timeout
     return Http
 
 
@@ -352,6 +449,8 @@ async def serve(settings: Settings) -> tuple[int, bool]:
             ConnectionPolicy(settings.max_connection_requests, settings.max_connection_age_seconds),
             state.metrics,
             settings.header_timeout_seconds,
+            # A response's body has as long to be taken as a request's body has to arrive.
+            settings.body_timeout_seconds,
         ),
         lifespan="off",
         # No route takes one, and an upgraded connection would leave this protocol, its bounds and timeouts.

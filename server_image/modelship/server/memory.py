@@ -11,10 +11,16 @@ outputs and their datatypes). So the server reserves each before making it, agai
   does not fit waits (first come, first served) until earlier ones finish, so that several large
   requests at once cannot push the pod over its memory limit either.
 
-Only the first reservation of a request waits. What a request adds later (outputs, the response) is
-granted at once, within its own budget: a request that holds memory and waits for more while others
-hold the rest would deadlock the pool. The pool can therefore be overdrawn by what requests add after
-their admission, at most one request's budget each; the defaults (config.py) leave room for it.
+What a request adds before the model runs (decoding, the outputs its shapes announce) waits its turn
+too, behind earlier requests and ahead of later ones; while it waits it gives back what it held, so a
+request that waits for more never holds memory that others wait for (no deadlock), and the bodies of
+waiting requests (all admitted within the budget, none admitted after them) are the only memory
+not counted meanwhile. What a request adds after the run (outputs only the run could size, the
+response) is granted at once, within its own budget: the run has made them already.
+
+A response is held until the client has taken it: the reservation is kept, at the size of the encoded
+response, until the connection's write buffer has drained (main.py closes a connection whose client
+stops reading), so that clients that read slowly cannot pile responses up beyond the budget.
 
 Small requests skip the accounting entirely: below `SMALL_REQUEST_BYTES` a reservation costs more than
 the memory it tracks, and the in-flight bound keeps their sum small.
@@ -55,27 +61,26 @@ class MemoryBudget:
     async def admit(self, size: int, what: str) -> Reservation:
         """A reservation of `size` bytes, once the in-flight budget has room; 413 if one request cannot."""
         reservation = Reservation(self)
-        if size <= SMALL_REQUEST_BYTES:
-            return reservation
-        if size > self.per_request:
-            raise self.too_big(size, what)
-        if self._waiting or self.used + size > self.inflight:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            entry = (size, future)
-            self._waiting.append(entry)
-            try:
-                await future
-            except BaseException:
-                if entry in self._waiting:
-                    self._waiting.remove(entry)
-                elif future.done() and not future.cancelled():
-                    self.used -= size  # granted as it was cancelled: give it back
-                    self._wake()
-                raise
-        else:
-            self.used += size
-        reservation.size = size
+        await reservation.grow(size, what)
         return reservation
+
+    async def _take(self, size: int) -> None:
+        """Count `size` more bytes in flight, once there is room and every earlier waiter has had its turn."""
+        if not self._waiting and self.used + size <= self.inflight:
+            self.used += size
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, future)
+        self._waiting.append(entry)
+        try:
+            await future
+        except BaseException:
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+            elif future.done() and not future.cancelled():
+                self.used -= size  # granted as it was cancelled: give it back
+                self._wake()
+            raise
 
     def _wake(self) -> None:
         while self._waiting:
@@ -109,6 +114,30 @@ class Reservation:
         if total > self.size and total > SMALL_REQUEST_BYTES:
             self.budget.used += total - self.size
             self.size = total
+
+    async def grow(self, total: int, what: str) -> None:
+        """The request will hold `total` bytes in all: 413 past its budget, else once the in-flight budget
+        has room for it (in turn; what it held is given back while it waits)."""
+        budget = self.budget
+        if total > budget.per_request:
+            raise budget.too_big(total, what)
+        if total <= self.size or total <= SMALL_REQUEST_BYTES:
+            return
+        if not budget._waiting and budget.used + total - self.size <= budget.inflight:
+            budget.used += total - self.size
+            self.size = total
+            return
+        self.release()
+        await budget._take(total)
+        self.size = total
+
+    def keep(self, size: int) -> None:
+        """Hold only `size` bytes from now on (the encoded response, once its inputs are gone)."""
+        if size <= SMALL_REQUEST_BYTES:
+            self.release()
+        elif size < self.size:
+            freed, self.size = self.size - size, size
+            self.budget._release(freed)
 
     def release(self) -> None:
         size, self.size = self.size, 0

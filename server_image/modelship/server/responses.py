@@ -39,7 +39,7 @@ def encode_infer_response(
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it (else None)."""
     outputs: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
+    chunks: list[bytes | memoryview] = []
     large: list[list[bytes]] = []  # the JSON text of large outputs, in pieces
     floats = False  # small float outputs left to orjson
     for out in wanted:
