@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 from loopback import free_port, run_wrk, serving_process  # noqa: E402
 
 from tests.server.models import mlp, save, wide  # noqa: E402
+from tests.support import proc_status_kib  # noqa: E402
 
 OUT = ROOT / ".build" / "bench"
 LOGS = OUT / "server_limits-logs"  # the servers' output, the last run's of each kind
@@ -313,13 +314,6 @@ def serving(
 
 # ---------------------------------------------------------------------------------------------
 # 1. peak RSS against body size
-
-
-def proc_status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {key} in /proc/{pid}/status")
 
 
 def reset_peak(pid: int) -> None:

@@ -1,4 +1,5 @@
-"""Helpers the tests share: waiting on a condition with a deadline instead of sleeping."""
+"""Helpers the tests (and benchmarks) share: waiting on a condition with a deadline instead of sleeping,
+and a process's memory from /proc."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import errno
 import time
 import urllib.error
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -116,3 +118,11 @@ def wait_until(
                     detail += f"; earlier error: {_describe(last_error)}"
             raise ConditionTimeout(f"timed out after {timeout}s waiting for {what}{detail}") from last_error
         time.sleep(interval)
+
+
+def proc_status_kib(pid: int, key: str) -> int:
+    """A size field of /proc/<pid>/status (VmRSS, VmHWM, ...), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/{pid}/status")

@@ -8,7 +8,6 @@ import socket
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 
 from tests.server import models
 from tests.server.conftest import ServerProcess
-from tests.support import wait_until
+from tests.support import proc_status_kib, wait_until
 
 MIB = 1 << 20
 
@@ -162,8 +161,7 @@ def test_a_response_only_the_run_can_size_is_413_before_it_is_encoded(limited: L
 
 def _rss_mib(server: ServerProcess) -> float:
     assert server.proc is not None
-    status = Path(f"/proc/{server.proc.pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+    return proc_status_kib(server.proc.pid, "VmRSS") / 1024
 
 
 def test_memory_the_run_made_for_a_refused_answer_goes_back(limited: LimitServers) -> None:
