@@ -63,6 +63,14 @@ cluster-down: ## stop the local cluster (the demo with it) and remove its state
 cluster-status: ## say what of the local cluster runs
 	$(CLUSTER) status
 
+.PHONY: argocd-up
+argocd-up: cluster-up ## start Argo CD (application controller, repo server, Redis, a git daemon) on the local cluster, with Modelship's health check
+	hack/argocd up
+
+.PHONY: argocd-down
+argocd-down: ## stop what `make argocd-up` started
+	hack/argocd down
+
 .PHONY: demo
 demo: install deps cluster-build images ## the main job: cluster with its real node, the operator installed by helm, examples/minimal.yaml serving a real prediction
 	hack/demo

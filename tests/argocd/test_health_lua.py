@@ -61,16 +61,34 @@ def test_degraded_carries_the_operators_message() -> None:
     assert health == {"status": "Degraded", "message": message}
 
 
-def test_paused_rollout_is_suspended() -> None:
+def test_paused_rollout_is_suspended_with_the_rollouts_own_message() -> None:
+    # The shape the operator writes: the rollout's message under status.rollout (a status with no
+    # top-level message, which the script once read and so always said its fallback).
+    waiting = "step 2: waiting for a manual promote (kubectl modelship promote)"
     health = argo_health(
         _md(
             observedGeneration=2,
             phase=reasons.PHASE_PAUSED,
-            message="Canary at 10%: waiting for a manual promote",
+            rollout={"paused": True, "pauseReason": waiting, "message": waiting},
             conditions=[READY, NOT_DEGRADED],
         )
     )
-    assert health == {"status": "Suspended", "message": "Canary at 10%: waiting for a manual promote"}
+    assert health == {"status": "Suspended", "message": waiting}
+
+
+def test_paused_rollout_without_a_rollout_message_says_what_progressing_says() -> None:
+    health = argo_health(
+        _md(
+            observedGeneration=2,
+            phase=reasons.PHASE_PAUSED,
+            conditions=[
+                READY,
+                NOT_DEGRADED,
+                _cond("Progressing", "True", "RolloutPaused", "paused at step 2"),
+            ],
+        )
+    )
+    assert health == {"status": "Suspended", "message": "paused at step 2"}
 
 
 def test_not_ready_is_progressing_with_the_progressing_message() -> None:

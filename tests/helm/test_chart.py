@@ -118,7 +118,10 @@ def test_without_the_namespace_scan_a_list_of_namespaces_gets_roles_only(kube_bi
     assert len(of_kind(objects, "Role")) == 1
 
 
-def test_no_rule_grants_wildcards_secrets_or_spec_writes_on_model_deployments(kube_bin_dir: Path) -> None:
+def test_no_rule_grants_wildcards_secrets_or_more_than_a_patch_of_model_deployments(
+    kube_bin_dir: Path,
+) -> None:
+    # patch: taking a handled modelship.io/action annotation off; no create, update or delete.
     for values in ({}, {"watchNamespaces": "{team-a}"}):
         objects = render(kube_bin_dir, values=values)
         for role in of_kind(objects, "ClusterRole") + of_kind(objects, "Role"):
@@ -126,7 +129,7 @@ def test_no_rule_grants_wildcards_secrets_or_spec_writes_on_model_deployments(ku
                 assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
                 assert "secrets" not in rule["resources"], rule
                 if "modeldeployments" in rule["resources"]:
-                    assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+                    assert set(rule["verbs"]) <= {"get", "list", "watch", "patch"}, rule
 
 
 def test_monitoring_objects_are_off_by_default_and_rendered_when_enabled(kube_bin_dir: Path) -> None:

@@ -40,7 +40,9 @@ end
 
 if status.phase == "Paused" then
   hs.status = "Suspended"
-  hs.message = status.message or "The rollout waits for a manual promote"
+  -- The rollout's own words: which step waits, and for what (a promote, or traffic to measure).
+  local rollout = status.rollout or {}
+  hs.message = rollout.message or message_of(condition(status, "Progressing"), "The rollout waits for a manual promote")
   return hs
 end
 

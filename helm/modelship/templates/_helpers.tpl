@@ -36,10 +36,12 @@ what the operator's code calls (operator/modelship/operator/client.py and Kopf's
 tests/helm/test_rbac_cluster.py runs the operator with nothing more.
 */}}
 {{- define "modelship.namespacedRules" -}}
-# Kopf watches ModelDeployments; the operator writes only their status (never spec).
+# Kopf watches ModelDeployments; the operator writes their status, and patches the object only
+# to take a handled modelship.io/action annotation off (a JSON patch that tests the value first),
+# never its spec. RBAC cannot grant metadata without spec: the code and a test hold that line.
 - apiGroups: [modelship.io]
   resources: [modeldeployments]
-  verbs: [list, watch]
+  verbs: [list, watch, patch]
 - apiGroups: [modelship.io]
   resources: [modeldeployments/status]
   verbs: [patch]
