@@ -239,10 +239,9 @@ class Reconciler:
         except kube.Transient:
             raise
         except kube.ApiError as exc:
-            if (
-                exc.status != 422
-            ):  # 422: the test failed, a newer action is there; the next reconcile handles it
-                # A 403 here once left every promote's annotation in place under the chart's Role.
+            # 422: the test failed, a newer action is there, and the next reconcile handles it.
+            # Anything else is said: a 403 once kept every promote's annotation, silently.
+            if exc.status != 422:
                 logger.error(
                     "%s/%s: could not remove the handled action %s: %s", md.namespace, md.name, value, exc
                 )
