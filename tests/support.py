@@ -126,3 +126,12 @@ def proc_status_kib(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"no {key} in /proc/{pid}/status")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process runs: a zombie has exited (it only waits for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -3,7 +3,6 @@ daemon someone else runs on this machine survive it."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import pytest
 from tests.argocd.gitops import HACK_ARGOCD
 from tests.conftest import ROOT
 from tests.operator_process import free_port
-from tests.support import wait_until
+from tests.support import process_alive, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -24,14 +23,6 @@ COMPONENTS = ("redis", "git-daemon", "repo-server", "application-controller")
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(HACK_ARGOCD), *args], capture_output=True, text=True, timeout=300, check=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def _pids() -> dict[str, int]:
@@ -96,7 +87,7 @@ def test_up_is_idempotent_and_down_stops_exactly_what_up_started(
         assert first.returncode == 0, first.stderr
         assert "export MODELSHIP_ARGOCD_GIT_URL=git://127.0.0.1:" in first.stdout
         started = _pids()
-        assert all(_alive(pid) for pid in started.values()), started
+        assert all(process_alive(pid) for pid in started.values()), started
 
         again = _run("up")
         assert again.returncode == 0, again.stderr
@@ -111,7 +102,7 @@ def test_up_is_idempotent_and_down_stops_exactly_what_up_started(
     assert down.returncode == 0, down.stderr
     assert started, "up started nothing"
     for name, pid in started.items():
-        wait_until(lambda p=pid: not _alive(p), timeout=10, what=f"{name} (pid {pid}) to exit")
+        wait_until(lambda p=pid: not process_alive(p), timeout=10, what=f"{name} (pid {pid}) to exit")
     assert not STATE.exists()
     assert all(proc.poll() is None for proc in bystanders), "down stopped a process it had not started"
     assert "running" not in _run("status").stdout

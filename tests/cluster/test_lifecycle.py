@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.support import process_alive
 
 pytestmark = pytest.mark.cluster
 
@@ -20,20 +21,11 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLUSTER, *args], env=env, capture_output=True, text=True, timeout=180)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    # A zombie has exited; it only waits for its new parent to reap it.
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _live_pids(run_dir: Path) -> dict[str, int]:
     pids = {}
     for pid_file in run_dir.glob("*.pid"):
         pid = int(pid_file.read_text())
-        if _alive(pid):
+        if process_alive(pid):
             pids[pid_file.stem] = pid
     return pids
 
@@ -73,6 +65,6 @@ def test_up_is_idempotent_and_down_leaves_no_process(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert started, "up started nothing"
     for name, pid in started.items():
-        assert not _alive(pid), f"{name} (pid {pid}) still runs after down"
+        assert not process_alive(pid), f"{name} (pid {pid}) still runs after down"
     assert not (state / "etcd").exists()
     assert "stopped" in _run(env, "status").stdout
