@@ -116,6 +116,8 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
             queries=[{"name": "errors", "query": "sum(x)", "max": 0}],
         ),
     ),
+    ("prediction-drift-with-defaults", analysis(predictionDrift={"max": 0.2})),
+    ("prediction-drift", analysis(predictionDrift={"max": 1, "minRequests": 0, "output": "label"})),
     ("gateway-route", canary({"setWeight": 10}, trafficRouting={"gatewayAPI": {"httpRoute": "iris"}})),
     ("longest-name", body("a" * 52)),
 ]
@@ -498,6 +500,26 @@ BAD: list[Any] = [
         analysis(queries=[{"name": "errors", "query": "sum(x)"}]),
         "a query needs min or max (or both)",
         id="query-without-bounds",
+    ),
+    pytest.param(
+        analysis(predictionDrift={"minRequests": 10}),
+        "'max' is a required property",
+        id="prediction-drift-without-max",
+    ),
+    pytest.param(
+        analysis(predictionDrift={"max": 1.5}),
+        "predictionDrift.max: 1.5 is greater than the maximum of 1",
+        id="prediction-drift-above-1",
+    ),
+    pytest.param(
+        analysis(predictionDrift={"max": 0.2, "minRequests": -1}),
+        "predictionDrift.minRequests: -1 is less than the minimum of 0",
+        id="prediction-drift-negative-min-requests",
+    ),
+    pytest.param(
+        analysis(predictionDrift={"max": 0.2, "output": ""}),
+        "predictionDrift.output: '' should be non-empty",
+        id="prediction-drift-empty-output",
     ),
     pytest.param(
         body("a" * 53),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.server import models
 
@@ -72,3 +72,44 @@ def slow(iterations: int = 2500) -> CanaryModel:
     return CanaryModel(
         "slow", models.slow(iterations, width), _tensor("x", "FP32", [1, width], [0.01] * width)
     )
+
+
+# Inputs the MLP of `classifier()` sorts with a clear margin (0.5 or more between its two highest
+# scores, in float64), so that no kernel's rounding changes a class: three of class 1, one of class 0.
+# Traffic that is not uniform over the classes is what makes a permutation of them show in the
+# distribution of predictions: over inputs of every class alike, permuted answers look alike.
+CLASSIFIER_INPUTS = (
+    ([-5.42, -3.78, -0.35, -0.84], 1),
+    ([-1.03, -3.3, 0.33, 0.22], 1),
+    ([0.08, -0.58, -1.56, -0.51], 1),
+    ([-1.57, 1.34, 3.57, -0.62], 0),
+)
+# Column j of the permuted classifier's scores is column PERMUTATION[j] of the classifier's.
+PERMUTATION = (1, 2, 0)
+
+
+def classifier(release: str = "") -> CanaryModel:
+    """The MLP of `healthy()` as a classifier: x [batch, 4] -> class scores y [batch, 3]. `release`
+    goes into the file's doc string, so that a retrained-but-equal version is another file."""
+    model = models.mlp()
+    model.doc_string = release
+    request = _tensor("x", "FP32", [1, 4], CLASSIFIER_INPUTS[0][0])
+    return CanaryModel(f"classifier{release}", model, request)
+
+
+def permuted_classifier() -> CanaryModel:
+    """Wrong but healthy: the classifier with the columns of its last layer permuted, as a model
+    exported with its class labels in another order. It answers as fast, never fails, and puts every
+    input in the wrong class."""
+    model = models.mlp()
+    last = {init.name: init for init in model.graph.initializer}
+    for name in ("w1", "b1"):
+        values = numpy_helper.to_array(last[name])
+        last[name].CopyFrom(numpy_helper.from_array(values[..., list(PERMUTATION)], name))
+    onnx.checker.check_model(model)
+    return CanaryModel("permuted_classifier", model, _tensor("x", "FP32", [1, 4], CLASSIFIER_INPUTS[0][0]))
+
+
+def classifier_requests() -> list[dict[str, Any]]:
+    """One V2 request per input of CLASSIFIER_INPUTS, in order."""
+    return [_tensor("x", "FP32", [1, 4], x) for x, _ in CLASSIFIER_INPUTS]

@@ -15,6 +15,10 @@ import pytest
 from tests.conftest import ROOT, TEST_NAMESPACE_PREFIX
 from tests.operator_process import KopfProcess, free_port
 
+# The canary tests on the real node import from this plugin of theirs before pytest_plugins loads it:
+# marked here, before any test module, so that its asserts are rewritten all the same.
+pytest.register_assert_rewrite("tests.operator.real_node_canary")
+
 CRDS = ROOT / "crds"
 # Tests use their own peering object, so that an operator someone runs by hand against the
 # same cluster (with the default `modelship` peering) is not paused by them, nor pauses them.

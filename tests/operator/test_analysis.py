@@ -15,18 +15,25 @@ from modelship.operator.rollout.analysis import (
     AnalysisSpecError,
     Check,
     CheckResult,
+    DriftCheck,
     Measurement,
+    PredictionDrift,
+    Predictions,
     Query,
     QueryError,
     Result,
     Sample,
+    Series,
+    VectorSample,
     evaluate,
     parse_response,
     parse_settings,
+    parse_vector,
     plan,
     render,
     worst,
 )
+from modelship.operator.rollout.distributions import js_distance
 
 # ---------------------------------------------------------------------------------------------
 # settings
@@ -103,6 +110,16 @@ def test_durations_may_be_integers_of_seconds() -> None:
             r"unknown placeholders \['pod'\]",
         ),
         ({"queries": [{"name": "q", "query": "up", "min": "1"}]}, "min must be a number"),
+        ({"queries": [{"name": "prediction-drift", "query": "up", "max": 1}]}, "is taken"),
+        ({"predictionDrift": 0.2}, "predictionDrift must be an object with max"),
+        ({"predictionDrift": {}}, "predictionDrift.max must be between 0 and 1, got None"),
+        ({"predictionDrift": {"max": 1.5}}, "predictionDrift.max must be between 0 and 1"),
+        ({"predictionDrift": {"max": -0.1}}, "predictionDrift.max must be between 0 and 1"),
+        ({"predictionDrift": {"max": "low"}}, "predictionDrift.max must be a number"),
+        ({"predictionDrift": {"max": 0.2, "minRequests": -1}}, "predictionDrift.minRequests must be"),
+        ({"predictionDrift": {"max": 0.2, "minRequests": 1.5}}, "predictionDrift.minRequests must be"),
+        ({"predictionDrift": {"max": 0.2, "output": ""}}, "predictionDrift.output must be the name"),
+        ({"predictionDrift": {"max": 0.2, "output": 3}}, "predictionDrift.output must be the name"),
     ],
 )
 def test_malformed_settings_are_refused_naming_the_field(raw: dict[str, Any], message: str) -> None:
@@ -507,3 +524,324 @@ def test_inconclusive_limit_is_read_and_checked() -> None:
     assert parse_settings({"inconclusiveLimit": 5}).inconclusive_limit == 5
     with pytest.raises(analysis.AnalysisSpecError, match="inconclusiveLimit"):
         parse_settings({"inconclusiveLimit": 0})
+
+
+# ---- prediction drift: the canary's predictions against the stable revision's
+
+
+def test_prediction_drift_is_off_unless_asked_for_and_defaults_to_100_predictions() -> None:
+    assert AnalysisSettings().prediction_drift is None
+    assert parse_settings({"predictionDrift": None}).prediction_drift is None
+    assert parse_settings({"predictionDrift": {"max": 0.2}}).prediction_drift == PredictionDrift(
+        0.2, 100, None
+    )
+    drift = {"max": 1, "minRequests": 0, "output": "label"}
+    assert parse_settings({"predictionDrift": drift}).prediction_drift == PredictionDrift(1.0, 0, "label")
+
+
+@pytest.mark.parametrize(
+    ("p", "q"),
+    [
+        ({"a": 3, "b": 1}, {"a": 3, "b": 1}),
+        ({"a": 3, "b": 1}, {"a": 300, "b": 100}),  # counts, not shares: the same distribution
+        ({"a": 1}, {"a": 1, "b": 0}),  # a bin counted 0 is a bin missing
+    ],
+)
+def test_the_same_distribution_is_at_distance_0(p: dict[str, float], q: dict[str, float]) -> None:
+    assert js_distance(p, q) == 0.0
+
+
+def test_disjoint_distributions_are_at_distance_1() -> None:
+    assert js_distance({"0": 10}, {"2": 10}) == 1.0
+    assert js_distance({"a": 1, "b": 2}, {"c": 5, "d": 1}) == pytest.approx(1.0)
+
+
+def test_a_distance_between_worked_out_by_hand() -> None:
+    # P = (1, 0), Q = (1/2, 1/2), M = (3/4, 1/4): KL(P|M) = log2(4/3), KL(Q|M) = (log2(2/3) + 1) / 2;
+    # JSD = (0.415037 + 0.207519) / 2 = 0.311278, and the distance is its square root.
+    assert js_distance({"a": 10}, {"a": 5, "b": 5}) == pytest.approx(0.557923, abs=1e-6)
+
+
+def test_a_distribution_needs_something_counted() -> None:
+    with pytest.raises(ValueError, match="positive count"):
+        js_distance({}, {"a": 1})
+    with pytest.raises(ValueError, match="positive count"):
+        js_distance({"a": 1}, {"a": 0.0, "b": math.nan})
+
+
+counts = st.dictionaries(st.sampled_from("abcde"), st.floats(0, 1e6), min_size=1).filter(
+    lambda d: sum(d.values()) > 0
+)
+
+
+@given(p=counts, q=counts)
+def test_the_distance_is_symmetric_and_between_0_and_1(p: dict[str, float], q: dict[str, float]) -> None:
+    distance = js_distance(p, q)
+    assert 0.0 <= distance <= 1.0
+    assert distance == pytest.approx(js_distance(q, p), abs=1e-12)
+
+
+DRIFT = AnalysisSettings(prediction_drift=PredictionDrift(max=0.2))
+COMPARED = plan(DRIFT, namespace="prod", name="iris", revision="9b1c", stable="0ab7")
+
+
+def test_prediction_drift_asks_each_revision_for_its_predictions_by_output_and_bin() -> None:
+    query = (
+        'sum by (output, bin) (increase(modelship_predictions_total{{namespace="prod",revision="{}"}}[30s]))'
+    )
+    assert COMPARED.drift == DriftCheck(
+        canary=query.format("9b1c"),
+        stable=query.format("0ab7"),
+        max=0.2,
+        min_predictions=100,
+    )
+    assert [c.name for c in COMPARED.checks] == ["success-rate"]  # the drift has no one-number query
+
+
+def test_without_a_stable_revision_there_is_nothing_to_compare_with() -> None:
+    assert plan(DRIFT, namespace="prod", name="iris", revision="9b1c").drift is None
+
+
+def _predicted(*rows: tuple[str, str, float]) -> VectorSample:
+    return VectorSample(tuple(Series({"output": output, "bin": bin}, n) for output, bin, n in rows))
+
+
+def _drift(
+    canary: VectorSample, stable: VectorSample, plan_: analysis.Plan = COMPARED, requests: float = 300
+) -> Measurement:
+    return evaluate(plan_, Sample(requests), [Sample(1.0)], Sample(600), Predictions(canary, stable))
+
+
+LIKE_STABLE = _predicted(("y", "0", 100), ("y", "1", 50), ("y", "2", 150))
+STABLE = _predicted(("y", "0", 200), ("y", "1", 100), ("y", "2", 300))
+
+
+def test_predictions_distributed_as_the_stable_revisions_pass() -> None:
+    m = _drift(LIKE_STABLE, STABLE)
+    assert m.verdict == Result.PASS
+    assert m.results[-1] == CheckResult("prediction-drift", 0.0, "<= 0.2", Result.PASS)
+    assert m.summary == (
+        "pass: success-rate 1 >= 0.99, prediction-drift 0 <= 0.2 (output y) "
+        "(revision 9b1c, 300 of 600 requests in 30s: 50%)"
+    )
+
+
+def test_predictions_unlike_the_stable_revisions_fail_and_the_summary_names_the_output() -> None:
+    m = _drift(_predicted(("y", "0", 300)), _predicted(("y", "2", 600)))
+    assert m.verdict == Result.FAIL
+    assert m.status_results()[-1] == {
+        "name": "prediction-drift",
+        "value": 1.0,
+        "threshold": "<= 0.2",
+        "result": "Fail",
+    }
+    assert m.summary == "prediction-drift 1 > 0.2 (output y) (revision 9b1c, 300 of 600 requests in 30s: 50%)"
+
+
+def test_a_partial_drift_is_the_distance_worked_out_by_hand() -> None:
+    m = _drift(_predicted(("y", "a", 200)), _predicted(("y", "a", 100), ("y", "b", 100)))
+    assert m.verdict == Result.FAIL
+    assert m.summary.startswith("prediction-drift 0.5579 > 0.2 (output y) (revision 9b1c")
+
+
+def test_the_output_that_drifts_most_decides() -> None:
+    canary = _predicted(("label", "cat", 150), ("label", "dog", 150), ("score", "0.5", 300))
+    stable = _predicted(("label", "cat", 300), ("label", "dog", 300), ("score", "1", 600))
+    m = _drift(canary, stable)
+    assert m.verdict == Result.FAIL
+    assert m.results[-1].value == 1.0
+    assert m.summary.startswith("prediction-drift 1 > 0.2 (output score) (")
+
+
+def test_a_named_output_is_the_only_one_compared() -> None:
+    canary = _predicted(("label", "cat", 150), ("label", "dog", 150), ("score", "0.5", 300))
+    stable = _predicted(("label", "cat", 300), ("label", "dog", 300), ("score", "1", 600))
+    named = plan(
+        AnalysisSettings(prediction_drift=PredictionDrift(max=0.2, output="label")),
+        namespace="prod",
+        name="iris",
+        revision="9b1c",
+        stable="0ab7",
+    )
+    m = _drift(canary, stable, named)
+    assert m.verdict == Result.PASS
+    assert "prediction-drift 0 <= 0.2 (output label)" in m.summary
+
+
+def test_outputs_only_one_revision_has_are_not_compared() -> None:
+    canary = _predicted(("y", "0", 300), ("new", "0", 300))
+    m = _drift(canary, _predicted(("y", "0", 600)))
+    assert m.verdict == Result.PASS
+    assert "prediction-drift 0 <= 0.2 (output y)" in m.summary
+
+
+@pytest.mark.parametrize(
+    ("canary", "stable", "output", "reason"),
+    [
+        (
+            LIKE_STABLE,
+            _predicted(("y", "0", 7), ("y", "1", 5)),
+            None,
+            "prediction-drift: the stable revision made 12 predictions in 30s, fewer than minRequests 100",
+        ),
+        (
+            _predicted(("y", "0", 1)),
+            _predicted(("y", "0", 7), ("y", "1", 5)),
+            None,
+            "prediction-drift: the canary revision made 1 prediction and the stable revision made 12 "
+            "predictions in 30s, fewer than minRequests 100",
+        ),
+        (
+            LIKE_STABLE,
+            VectorSample(),
+            None,
+            "prediction-drift: the stable revision made no predictions in 30s",
+        ),
+        (
+            LIKE_STABLE,
+            _predicted(("y", "0", 0), ("y", "1", math.nan)),
+            None,
+            "prediction-drift: the stable revision made no predictions in 30s",
+        ),
+        (
+            _predicted(("a", "0", 300)),
+            _predicted(("b", "0", 300), ("c", "1", 300)),
+            None,
+            "prediction-drift: no output counted by both revisions (canary: a; stable: b, c)",
+        ),
+        (
+            LIKE_STABLE,
+            STABLE,
+            "label",
+            "prediction-drift: the canary revision made no predictions of output label and the stable "
+            "revision made no predictions of output label in 30s",
+        ),
+        (
+            _predicted(("label", "cat", 300)),
+            _predicted(("label", "cat", 50), ("y", "1", 500)),
+            "label",
+            "prediction-drift: the stable revision made 50 predictions of output label in 30s, "
+            "fewer than minRequests 100",
+        ),
+    ],
+)
+def test_too_few_predictions_to_compare_are_inconclusive_and_say_why(
+    canary: VectorSample, stable: VectorSample, output: str | None, reason: str
+) -> None:
+    settings = AnalysisSettings(prediction_drift=PredictionDrift(max=0.2, output=output))
+    planned = plan(settings, namespace="prod", name="iris", revision="9b1c", stable="0ab7")
+    m = _drift(canary, stable, planned)
+    assert m.verdict == Result.INCONCLUSIVE
+    assert m.results[-1] == CheckResult("prediction-drift", None, "<= 0.2", Result.INCONCLUSIVE)
+    assert m.summary == f"inconclusive: {reason} (revision 9b1c, 300 of 600 requests in 30s: 50%)"
+
+
+def test_min_requests_0_compares_whatever_was_predicted() -> None:
+    settings = AnalysisSettings(prediction_drift=PredictionDrift(max=0.2, min_requests=0))
+    planned = plan(settings, namespace="prod", name="iris", revision="9b1c", stable="0ab7")
+    m = _drift(_predicted(("y", "0", 1)), _predicted(("y", "0", 2)), planned)
+    assert m.verdict == Result.PASS
+
+
+def test_too_few_requests_make_the_drift_inconclusive_too_but_it_is_reported() -> None:
+    m = _drift(_predicted(("y", "0", 300)), _predicted(("y", "2", 600)), requests=10)
+    assert m.verdict == Result.INCONCLUSIVE
+    assert m.results[-1] == CheckResult("prediction-drift", 1.0, "<= 0.2", Result.INCONCLUSIVE)
+    assert m.summary.startswith("inconclusive: fewer requests than minRequests 20; ")
+
+
+def test_a_failed_predictions_query_is_inconclusive_and_named() -> None:
+    m = _drift(LIKE_STABLE, VectorSample(error="bad_data: parse error"))
+    assert m.verdict == Result.INCONCLUSIVE
+    assert m.results[-1] == CheckResult("prediction-drift", None, "<= 0.2", Result.INCONCLUSIVE)
+    assert m.summary == (
+        "inconclusive: prediction-drift: bad_data: parse error "
+        "(revision 9b1c, 300 of 600 requests in 30s: 50%)"
+    )
+
+
+def test_a_drift_fails_the_measurement_whatever_else_is_inconclusive() -> None:
+    settings = AnalysisSettings(max_latency_p99=0.5, prediction_drift=PredictionDrift(max=0.2))
+    planned = plan(settings, namespace="prod", name="iris", revision="9b1c", stable="0ab7")
+    predictions = Predictions(_predicted(("y", "0", 300)), _predicted(("y", "2", 600)))
+    m = evaluate(planned, Sample(300), [Sample(1.0), Sample(None)], None, predictions)
+    assert [r.result for r in m.results] == [Result.PASS, Result.INCONCLUSIVE, Result.FAIL]
+    assert m.verdict == Result.FAIL
+    assert m.summary == "prediction-drift 1 > 0.2 (output y) (revision 9b1c, 300 requests in 30s)"
+
+
+bins = st.lists(st.tuples(st.sampled_from(["y", "z"]), st.sampled_from("012"), st.floats(0, 400)), max_size=6)
+
+
+@given(canary=bins, stable=bins, min_predictions=st.integers(0, 200))
+def test_a_drift_passes_only_on_enough_predictions_of_each_revision_close_enough(
+    canary: list[tuple[str, str, float]], stable: list[tuple[str, str, float]], min_predictions: int
+) -> None:
+    settings = AnalysisSettings(prediction_drift=PredictionDrift(max=0.2, min_requests=min_predictions))
+    planned = plan(settings, namespace="prod", name="iris", revision="9b1c", stable="0ab7")
+    m = _drift(_predicted(*canary), _predicted(*stable), planned)
+    drift = m.results[-1]
+    assert (drift.value is None) == (drift.result == Result.INCONCLUSIVE)
+    if drift.result != Result.INCONCLUSIVE:
+        assert drift.value is not None and 0 <= drift.value <= 1
+        assert (drift.result == Result.PASS) == (drift.value <= 0.2)
+        outputs = {o for o, _, n in canary if n > 0} & {o for o, _, n in stable if n > 0}
+        assert outputs
+        for rows in (canary, stable):
+            for output in outputs:
+                made = sum(n for o, _, n in rows if o == output)
+                assert made > 0 and made >= min_predictions
+    assert m.summary.startswith("inconclusive: ") == (m.verdict == Result.INCONCLUSIVE)
+
+
+def test_predictions_come_with_a_drift_check_and_only_with_one() -> None:
+    with pytest.raises(ValueError, match="predictions go with"):
+        evaluate(COMPARED, Sample(300), [Sample(1.0)])
+    with pytest.raises(ValueError, match="predictions go with"):
+        evaluate(SHARED, Sample(300), [Sample(1.0), Sample(0.1)], None, Predictions(STABLE, STABLE))
+
+
+async def test_without_a_prometheus_url_the_drift_too_is_inconclusive_said_once() -> None:
+    async with aiohttp.ClientSession() as session:
+        m = await analysis.measure(session, None, DRIFT, "prod", "iris", "9b1c", stable="0ab7")
+    assert [r.name for r in m.results] == ["success-rate", "prediction-drift"]
+    assert m.verdict == Result.INCONCLUSIVE
+    assert m.summary == f"inconclusive: {analysis.NO_PROMETHEUS} (revision 9b1c)"
+
+
+def test_a_vector_answer_is_its_series_without_nan() -> None:
+    body = {
+        "status": "success",
+        "data": {
+            "resultType": "vector",
+            "result": [
+                {"metric": {"output": "y", "bin": "0"}, "value": [1700000000.0, "12.5"]},
+                {"metric": {"output": "y", "bin": "1"}, "value": [1700000000.0, "NaN"]},
+                {"metric": {}, "value": [1700000000.0, "3"]},
+            ],
+        },
+    }
+    assert parse_vector(body) == (Series({"output": "y", "bin": "0"}, 12.5), Series({}, 3.0))
+    assert parse_vector(_vector()) == ()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"status": "success", "data": {"resultType": "scalar", "result": [0, "1"]}}, "returned a scalar"),
+        (
+            {"status": "success", "data": {"resultType": "vector", "result": [{"value": [0, "1"]}]}},
+            "malformed",
+        ),
+        ({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}}]}}, "malformed"),
+        ({"status": "success", "data": {"resultType": "vector", "result": ["x"]}}, "malformed"),
+        (
+            {"status": "error", "errorType": "timeout", "error": "query timed out"},
+            "^timeout: query timed out$",
+        ),
+        ("no", "not a JSON object"),
+    ],
+)
+def test_vector_answers_of_another_shape_are_errors(body: Any, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        parse_vector(body)

@@ -200,6 +200,92 @@ def test_a_query_prometheus_refuses_is_inconclusive(
     assert m.summary.startswith("inconclusive: broken: bad_data: ") and "parse error" in m.summary
 
 
+# ---- prediction drift: a canary and a stable revision of one model, in one namespace
+
+DRIFT = {**FAST, "predictionDrift": {"max": 0.2, "minRequests": 20}}
+# The healthy MLP's scores for its own request put class 2 first; for this one, class 0 (by 0.48).
+OTHER_CLASS = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [-3.3, 0.5, 2.4, -0.6]}]}
+
+
+def _serve_two(
+    servers: ScrapedServers, tmp_path: Path, model: canary_models.CanaryModel
+) -> tuple[ScrapedServer, ScrapedServer]:
+    """The stable and the canary revision of one model, both serving it, in a namespace of their own."""
+    namespace = f"drift-{uuid.uuid4().hex[:10]}"
+    path = model.save(tmp_path)
+    stable, canary = (servers.start(path, namespace=namespace, revision=uuid.uuid4().hex[:10]) for _ in "sc")
+    return stable, canary
+
+
+def _compared(prometheus: Prometheus, stable: ScrapedServer, canary: ScrapedServer) -> Measurement:
+    """Measure the canary against the stable revision until there is a verdict."""
+    settings = analysis.parse_settings(DRIFT)
+
+    def measured() -> Measurement | None:
+        m = _measure(prometheus.url, settings, canary.namespace, canary.revision, stable=stable.revision)
+        return m if m.verdict != Result.INCONCLUSIVE else None
+
+    return wait_until(measured, timeout=60, interval=0.5, what=f"a conclusive comparison of {canary.pod}")
+
+
+def test_a_canary_that_predicts_what_the_stable_revision_predicts_passes(
+    prometheus: Prometheus, scraped_servers: ScrapedServers, tmp_path: Path
+) -> None:
+    model = canary_models.healthy()
+    stable, canary = _serve_two(scraped_servers, tmp_path, model)
+    with stable.traffic([model.request]), canary.traffic([model.request]):
+        m = _compared(prometheus, stable, canary)
+    assert m.verdict == Result.PASS, m.summary
+    assert [r.name for r in m.results] == ["success-rate", "prediction-drift"]
+    assert _result(m, "prediction-drift") == analysis.CheckResult(
+        "prediction-drift", 0.0, "<= 0.2", Result.PASS
+    )
+    assert "prediction-drift 0 <= 0.2 (output y)" in m.summary
+
+
+def test_a_canary_that_predicts_another_class_fails_on_prediction_drift(
+    prometheus: Prometheus, scraped_servers: ScrapedServers, tmp_path: Path
+) -> None:
+    model = canary_models.healthy()
+    stable, canary = _serve_two(scraped_servers, tmp_path, model)
+    with stable.traffic([model.request]), canary.traffic([OTHER_CLASS]) as traffic:
+        m = _compared(prometheus, stable, canary)
+    assert set(traffic.statuses) == {200}
+    assert m.verdict == Result.FAIL, m.summary
+    assert _result(m, "success-rate").result == Result.PASS  # every answer a 200: only its classes differ
+    assert _result(m, "prediction-drift") == analysis.CheckResult(
+        "prediction-drift", 1.0, "<= 0.2", Result.FAIL
+    )
+    assert m.summary.startswith(f"prediction-drift 1 > 0.2 (output y) (revision {canary.revision}, ")
+    selector = f'namespace="{canary.namespace}",output="y"'
+    by_bin = prometheus.query(f"sum by (revision, bin) (modelship_predictions_total{{{selector}}} > 0)")
+    # The warm-up's row of zeros may add a class of its own to each revision.
+    assert {(s["metric"]["revision"], s["metric"]["bin"]) for s in by_bin} >= {
+        (stable.revision, "2"),
+        (canary.revision, "0"),
+    }
+
+
+def test_a_stable_revision_without_traffic_makes_the_drift_inconclusive(
+    prometheus: Prometheus, scraped_servers: ScrapedServers, tmp_path: Path
+) -> None:
+    model = canary_models.healthy()
+    stable, canary = _serve_two(scraped_servers, tmp_path, model)
+    settings = analysis.parse_settings(DRIFT)
+
+    def judged_on_its_own() -> Measurement | None:
+        m = _measure(prometheus.url, settings, canary.namespace, canary.revision, stable=stable.revision)
+        return m if _result(m, "success-rate").result == Result.PASS else None
+
+    with canary.traffic([model.request]):
+        m = wait_until(judged_on_its_own, timeout=60, interval=0.5, what=f"enough requests to {canary.pod}")
+    assert m.verdict == Result.INCONCLUSIVE, m.summary
+    assert _result(m, "prediction-drift").result == Result.INCONCLUSIVE
+    assert m.summary.startswith(
+        "inconclusive: prediction-drift: the stable revision made no predictions in 10s ("
+    )
+
+
 def test_an_unreachable_prometheus_is_inconclusive() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

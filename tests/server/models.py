@@ -263,3 +263,23 @@ def wide(width: int = 1024) -> onnx.ModelProto:
         [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
     )
     return _model(graph)
+
+
+def outputs() -> onnx.ModelProto:
+    """An Identity per kind of output the server counts predictions of, in this order: `grid_out` FP32
+    [batch, 2, 2] (no bins: not counted), `label` INT64 [batch], `name` STRING [batch, 1], `value_out`
+    FP32 [batch] and `flag_out` BOOL [batch], from the inputs grid, code, text, value and flag."""
+    pairs: list[tuple[str, str, int, list[str | int | None]]] = [
+        ("grid", "grid_out", TensorProto.FLOAT, ["batch", 2, 2]),
+        ("code", "label", TensorProto.INT64, ["batch"]),
+        ("text", "name", TensorProto.STRING, ["batch", 1]),
+        ("value", "value_out", TensorProto.FLOAT, ["batch"]),
+        ("flag", "flag_out", TensorProto.BOOL, ["batch"]),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [source], [target]) for source, target, _elem, _dims in pairs],
+        "outputs",
+        [helper.make_tensor_value_info(source, elem, dims) for source, _target, elem, dims in pairs],
+        [helper.make_tensor_value_info(target, elem, dims) for _source, target, elem, dims in pairs],
+    )
+    return _model(graph)

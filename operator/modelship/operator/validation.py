@@ -255,6 +255,21 @@ def _check_analysis(analysis: Mapping[str, Any]) -> None:
     for index, query in enumerate(analysis.get("queries") or ()):
         if not isinstance(query, Mapping) or ("min" not in query and "max" not in query):
             _fail(f"{path}.queries[{index}]", "a query needs min or max")
+    drift = analysis.get("predictionDrift")
+    if drift is not None:
+        _check_prediction_drift(drift, f"{path}.predictionDrift")
+
+
+def _check_prediction_drift(drift: Any, path: str) -> None:
+    if not isinstance(drift, Mapping):
+        _fail(path, "must be an object with max")
+    high = drift.get("max")
+    if isinstance(high, bool) or not isinstance(high, int | float) or not 0 <= high <= 1:
+        _fail(f"{path}.max", f"{high!r} is not a number between 0 and 1 (the Jensen-Shannon distance)")
+    _int(drift, "minRequests", path, 0)
+    output = drift.get("output")
+    if output is not None and not (isinstance(output, str) and 1 <= len(output) <= 253):
+        _fail(f"{path}.output", f"{output!r} is not the name of an output (1 to 253 characters)")
 
 
 def check(name: str, spec: Mapping[str, Any]) -> None:

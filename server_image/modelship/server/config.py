@@ -19,6 +19,8 @@ DEFAULT_INFLIGHT_MEMORY_BYTES = 2 << 30
 # reconnect (each connection draws its own limits below these: connections.py). 0 turns a limit off.
 DEFAULT_MAX_CONNECTION_REQUESTS = 100
 DEFAULT_MAX_CONNECTION_AGE_SECONDS = 10.0
+# Outputs whose predictions are counted (predictions.py): a model's few answers, not its every tensor.
+DEFAULT_PREDICTION_OUTPUTS = 4
 
 
 class ConfigError(ValueError):
@@ -59,6 +61,7 @@ class Settings:
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 60.0
     idle_timeout_seconds: float = 30.0
+    prediction_outputs: int = DEFAULT_PREDICTION_OUTPUTS
     log_level: str = "info"
     command: str = "serve"
 
@@ -177,6 +180,13 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
         float,
         "longest a connection may sit without a request (new or kept alive) before it is closed",
     ),
+    (
+        "prediction_outputs",
+        "PREDICTION_OUTPUTS",
+        int,
+        "outputs (the first that are labels, class scores or one number a row) whose predictions are "
+        "counted in modelship_predictions_total; 0: none",
+    ),
     ("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
 )
 
@@ -292,5 +302,7 @@ def _check(s: Settings) -> None:
     for name in ("header_timeout_seconds", "body_timeout_seconds", "idle_timeout_seconds"):
         if not getattr(s, name) > 0:  # NaN too
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
+    if s.prediction_outputs < 0:
+        raise ConfigError(f"prediction_outputs must not be negative, got {s.prediction_outputs}")
     if s.log_level not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")

@@ -278,6 +278,7 @@ class Endpoints:
             results = await runner.infer(feeds, rows)
         except InferenceError as exc:
             raise RequestError(exc.status, exc.message) from None
+        self.state.metrics.predictions.observe(results)
         del feeds
         outputs_size = estimate.results_bytes(results)
         response_size = estimate.small_response_bytes(results, outputs_size)

@@ -3,6 +3,7 @@ autoscaling query them, so they change only together with those queries."""
 
 from __future__ import annotations
 
+from modelship.server.predictions import Predictions
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -73,6 +74,18 @@ class Metrics:
             "modelship_connections_recycled",
             "Keep-alive connections the server asked to close (Connection: close) because they had "
             "answered their share of requests or reached their age.",
+        )
+        # What the model answers (predictions.py): canary analysis compares its distribution between
+        # revisions. Labels beyond ours: the output and its bin.
+        self._predictions = Counter(
+            "modelship_predictions",
+            "Predicted rows by output and bin (label, argmax class or regression bucket), "
+            "for the first MODELSHIP_PREDICTION_OUTPUTS outputs that have bins.",
+            [*LABELS, "output", "bin"],
+            registry=r,
+        )
+        self.predictions = Predictions(
+            lambda output, name: self._predictions.labels(*self._labels, output, name)
         )
         ProcessCollector(registry=r)
         self._by_code: dict[int, Counter] = {}

@@ -62,6 +62,7 @@ class ServerState:
             self.runner = runner
         else:
             self.runner = DirectRunner(runtime, self.executor, self.metrics)
+        self.metrics.predictions.watch(runtime.signature, s.prediction_outputs)
         self.runtime = runtime
         self.metrics.model_loaded(runtime.sha256, load_seconds)
         if self.phase is Phase.LOADING:

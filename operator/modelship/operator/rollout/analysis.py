@@ -4,6 +4,18 @@ Everything but `measure` is pure: settings become PromQL queries (`plan`), and t
 Prometheus answers become results (`evaluate`). A measurement never raises and never passes on
 doubt: too little traffic, no data, a failed query or an unreachable Prometheus make it
 Inconclusive, which neither promotes nor aborts a rollout.
+
+Prediction drift (`predictionDrift`) compares what the canary predicts with what the stable revision
+predicts in the same window, from `modelship_predictions_total` by output and bin (a class label, an
+argmax index, or a histogram bucket of a regressor's values). The measure is the Jensen-Shannon
+distance between the two revisions' distributions over the bins of one output: the square root of
+the Jensen-Shannon divergence with logarithms in base 2, JSD = (KL(P‖M) + KL(Q‖M)) / 2 with
+M = (P + Q) / 2, where a bin that one revision never predicted counts 0 on its side. It lies in
+[0, 1]: 0 for the same distribution, 1 for disjoint ones. Without an `output` every output that both
+revisions counted is compared, and the largest distance counts. Chosen over PSI (the population
+stability index) because it is symmetric (neither revision has to be the reference), bounded (one
+`max` reads the same for every model) and defined when a bin is empty on one side, where PSI divides
+by zero and needs a made-up floor; a canary that stops predicting a class is the very drift to catch.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from typing import Any
 
 import aiohttp
 from modelship.operator.durations import format_duration, parse_duration
+from modelship.operator.rollout.distributions import js_distance
 
 
 class Result(StrEnum):
@@ -32,7 +45,8 @@ _SEVERITY = {Result.PASS: 0, Result.INCONCLUSIVE: 1, Result.FAIL: 2}
 
 SUCCESS_RATE = "success-rate"
 LATENCY_P99 = "latency-p99"
-BUILT_IN = frozenset({SUCCESS_RATE, LATENCY_P99})
+PREDICTION_DRIFT = "prediction-drift"
+BUILT_IN = frozenset({SUCCESS_RATE, LATENCY_P99, PREDICTION_DRIFT})
 PLACEHOLDERS = frozenset({"namespace", "name", "revision", "window"})
 
 # rate() needs at least two samples in its window, so a window must span a few scrape intervals:
@@ -63,6 +77,10 @@ LATENCY_P99_QUERY = (
     "histogram_quantile(0.99, sum by (le) "
     f"(rate(modelship_request_duration_seconds_bucket{{{_SELECTOR}}}[{{{{window}}}}])))"
 )
+# One revision's predictions in the window by output and bin; asked once for each revision.
+PREDICTIONS_QUERY = (
+    f"sum by (output, bin) (increase(modelship_predictions_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+)
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
 
@@ -72,7 +90,7 @@ class AnalysisSpecError(ValueError):
 
 
 class QueryError(Exception):
-    """Prometheus refused a query or answered something that is not one number."""
+    """Prometheus refused a query or answered something other than the number or vector asked for."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +108,15 @@ class Query:
 
 
 @dataclass(frozen=True)
+class PredictionDrift:
+    """`predictionDrift`: the canary's predictions against the stable revision's."""
+
+    max: float  # the largest Jensen-Shannon distance that passes
+    min_requests: int = 100  # predictions of the compared output each revision must make in a window
+    output: str | None = None  # None: every output both revisions counted
+
+
+@dataclass(frozen=True)
 class AnalysisSettings:
     prometheus_url: str | None = None  # None: the operator's MODELSHIP_PROMETHEUS_URL
     interval: float = 30.0  # seconds between measurements
@@ -99,6 +126,7 @@ class AnalysisSettings:
     success_rate: float = 0.99
     max_latency_p99: float | None = None  # seconds
     queries: tuple[Query, ...] = ()
+    prediction_drift: PredictionDrift | None = None
 
     @property
     def window(self) -> str:
@@ -135,6 +163,7 @@ def parse_settings(mapping: Mapping[str, Any] | None) -> AnalysisSettings:
         success_rate=success_rate,
         max_latency_p99=latency,
         queries=_queries(raw.get("queries")),
+        prediction_drift=_prediction_drift(raw.get("predictionDrift")),
     )
 
 
@@ -148,20 +177,39 @@ def _duration(raw: Mapping[str, Any], key: str, default: float | None) -> float 
         raise AnalysisSpecError(f"{key}: {exc}") from None
 
 
-def _integer(raw: Mapping[str, Any], key: str, default: int, *, minimum: int) -> int:
+def _integer(raw: Mapping[str, Any], key: str, default: int, *, minimum: int, where: str = "") -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise AnalysisSpecError(f"{key} must be an integer of at least {minimum}, got {value!r}")
+        raise AnalysisSpecError(f"{where}{key} must be an integer of at least {minimum}, got {value!r}")
     return value
 
 
-def _number(raw: Mapping[str, Any], key: str, default: float | None) -> float | None:
+def _number(raw: Mapping[str, Any], key: str, default: float | None, *, where: str = "") -> float | None:
     value = raw.get(key, default)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise AnalysisSpecError(f"{key} must be a number, got {value!r}")
+        raise AnalysisSpecError(f"{where}{key} must be a number, got {value!r}")
     return float(value)
+
+
+def _prediction_drift(raw: Any) -> PredictionDrift | None:
+    if raw is None:
+        return None
+    where = "predictionDrift."
+    if not isinstance(raw, Mapping):
+        raise AnalysisSpecError("predictionDrift must be an object with max")
+    high = _number(raw, "max", None, where=where)
+    if high is None or not 0 <= high <= 1:
+        raise AnalysisSpecError(f"{where}max must be between 0 and 1, got {raw.get('max')!r}")
+    output = raw.get("output")
+    if output is not None and (not isinstance(output, str) or not output):
+        raise AnalysisSpecError(f"{where}output must be the name of an output, got {output!r}")
+    return PredictionDrift(
+        max=high,
+        min_requests=_integer(raw, "minRequests", PredictionDrift.min_requests, minimum=0, where=where),
+        output=output,
+    )
 
 
 def _queries(raw: Any) -> tuple[Query, ...]:
@@ -254,6 +302,22 @@ def _format_number(value: float, digits: int = 4) -> str:
 
 
 @dataclass(frozen=True)
+class DriftCheck:
+    """The prediction-drift check of one measurement: one query per revision, compared here."""
+
+    canary: str  # the query of the canary's predictions by output and bin
+    stable: str  # the same query of the stable revision
+    max: float
+    min_predictions: int
+    output: str | None = None  # None: every output both revisions counted
+
+    @property
+    def bound(self) -> Check:
+        """Its pass condition as the other checks state theirs (`<= 0.2`)."""
+        return Check(PREDICTION_DRIFT, self.canary, max=self.max)
+
+
+@dataclass(frozen=True)
 class Plan:
     """Every query of one measurement of one revision."""
 
@@ -263,6 +327,7 @@ class Plan:
     requests: str  # the query of the request count in the window
     checks: tuple[Check, ...]
     traffic: str | None = None  # the query of the requests to both revisions; None: no stable one
+    drift: DriftCheck | None = None  # None: not asked for, or no stable revision to compare with
 
 
 def plan(
@@ -277,6 +342,7 @@ def plan(
     if settings.max_latency_p99 is not None:
         checks.append(Check(LATENCY_P99, fill(LATENCY_P99_QUERY), max=settings.max_latency_p99, unit="s"))
     checks += [Check(q.name, fill(q.query), min=q.min, max=q.max) for q in settings.queries]
+    drift = settings.prediction_drift
     return Plan(
         revision=revision,
         window=window,
@@ -285,6 +351,15 @@ def plan(
         checks=tuple(checks),
         traffic=TRAFFIC_QUERY.format(namespace=namespace, revisions=f"{revision}|{stable}", window=window)
         if stable
+        else None,
+        drift=DriftCheck(
+            canary=fill(PREDICTIONS_QUERY),
+            stable=render(PREDICTIONS_QUERY, namespace=namespace, name=name, revision=stable, window=window),
+            max=drift.max,
+            min_predictions=drift.min_requests,
+            output=drift.output,
+        )
+        if drift is not None and stable
         else None,
     )
 
@@ -299,6 +374,30 @@ class Sample:
 
     value: float | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of a vector answer."""
+
+    labels: Mapping[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
+class VectorSample:
+    """What one vector query gave: its series (none: no data), or why there is no answer."""
+
+    series: tuple[Series, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """The answers to the two queries of a DriftCheck."""
+
+    canary: VectorSample
+    stable: VectorSample
 
 
 @dataclass(frozen=True)
@@ -356,25 +455,35 @@ def worst(results: Iterable[Result]) -> Result:
     return max(results, key=_SEVERITY.__getitem__, default=Result.INCONCLUSIVE)
 
 
+@dataclass(frozen=True)
+class _Judged:
+    """One check's result, with what a headline says of it."""
+
+    result: CheckResult
+    explanation: str | None  # None: a query of the check failed
+    errors: tuple[str, ...] = ()  # why its queries failed
+
+
 def evaluate(
-    plan: Plan, requests: Sample, samples: Sequence[Sample], traffic: Sample | None = None
+    plan: Plan,
+    requests: Sample,
+    samples: Sequence[Sample],
+    traffic: Sample | None = None,
+    predictions: Predictions | None = None,
 ) -> Measurement:
     """Judge one measurement: `samples` are the values of `plan.checks`, in order; `traffic` the
-    answer to `plan.traffic` (requests to both revisions), which only informs, never judges."""
+    answer to `plan.traffic` (requests to both revisions), which only informs, never judges;
+    `predictions` the answers to `plan.drift`, given when the plan has one and only then."""
     if len(samples) != len(plan.checks):
         raise ValueError(f"{len(plan.checks)} checks but {len(samples)} samples")
+    if (plan.drift is None) != (predictions is None):
+        raise ValueError("predictions go with a plan's prediction-drift check, and only with one")
     count = None if requests.error else (requests.value or 0.0)
     total = None if traffic is None or traffic.error else (traffic.value or 0.0)
     enough = count is not None and count >= plan.min_requests
-    results = tuple(
-        CheckResult(
-            check.name,
-            sample.value,
-            check.threshold,
-            check.judge(sample.value) if enough and not sample.error else Result.INCONCLUSIVE,
-        )
-        for check, sample in zip(plan.checks, samples, strict=True)
-    )
+    judged = [_judge(check, sample, enough) for check, sample in zip(plan.checks, samples, strict=True)]
+    if plan.drift is not None and predictions is not None:
+        judged.append(_judge_drift(plan.drift, predictions, plan.window, enough))
     context = f"revision {plan.revision}"
     share = share_of(count, total)
     if count is not None and share is not None and total is not None:
@@ -382,23 +491,32 @@ def evaluate(
         context += f", {counted} requests in {plan.window}: {format_share(share)}"
     elif count is not None:
         context += f", {_format_count(count)} requests in {plan.window}"
-    headline = _headline(plan, results, requests, samples, total)
-    return Measurement(results, count, f"{headline} ({context})", total)
+    headline = _headline(plan, judged, requests, total)
+    return Measurement(tuple(j.result for j in judged), count, f"{headline} ({context})", total)
 
 
-def _headline(
-    plan: Plan,
-    results: Sequence[CheckResult],
-    requests: Sample,
-    samples: Sequence[Sample],
-    total: float | None,
-) -> str:
-    verdict = worst(r.result for r in results)
-    explained = [
-        check.explain(sample.value)
-        for check, sample, result in zip(plan.checks, samples, results, strict=True)
-        if result.result == verdict and not sample.error
-    ]
+def _judge(check: Check, sample: Sample, enough: bool) -> _Judged:
+    result = check.judge(sample.value) if enough and not sample.error else Result.INCONCLUSIVE
+    judged = CheckResult(check.name, sample.value, check.threshold, result)
+    if sample.error:
+        return _Judged(judged, None, (sample.error,))
+    return _Judged(judged, check.explain(sample.value))
+
+
+def _judge_drift(check: DriftCheck, predictions: Predictions, window: str, enough: bool) -> _Judged:
+    threshold = check.bound.threshold
+    # Both queries failing alike (Prometheus down) is one error.
+    errors = tuple(dict.fromkeys(e for e in (predictions.canary.error, predictions.stable.error) if e))
+    if errors:
+        return _Judged(CheckResult(PREDICTION_DRIFT, None, threshold, Result.INCONCLUSIVE), None, errors)
+    drift = compare_predictions(check, predictions.canary.series, predictions.stable.series, window)
+    result = drift.result if enough else Result.INCONCLUSIVE
+    return _Judged(CheckResult(PREDICTION_DRIFT, drift.value, threshold, result), drift.explanation)
+
+
+def _headline(plan: Plan, judged: Sequence[_Judged], requests: Sample, total: float | None) -> str:
+    verdict = worst(j.result.result for j in judged)
+    explained = [j.explanation for j in judged if j.result.result == verdict and j.explanation is not None]
     if verdict == Result.FAIL:
         return ", ".join(explained)
     if verdict == Result.PASS:
@@ -414,14 +532,14 @@ def _headline(
             reasons.append("the model's traffic does not reach the canary")
     else:
         reasons = explained
-    errors = _errors(plan, requests, samples)
+    errors = _errors(requests, judged)
     return "inconclusive: " + "; ".join([*reasons, errors] if errors else reasons)
 
 
-def _errors(plan: Plan, requests: Sample, samples: Sequence[Sample]) -> str:
+def _errors(requests: Sample, judged: Sequence[_Judged]) -> str:
     """The failed queries' errors; one error that every query shares (no Prometheus) is said once."""
     named = [("requests", requests.error)] + [
-        (check.name, sample.error) for check, sample in zip(plan.checks, samples, strict=True)
+        (j.result.name, error) for j in judged for error in (j.errors or (None,))
     ]
     failed = [(name, _shorten(error)) for name, error in named if error]
     if not failed:
@@ -443,19 +561,93 @@ def _format_count(count: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# prediction drift
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Two revisions' predictions compared: the distance (None: not comparable) and its reading."""
+
+    value: float | None
+    result: Result
+    explanation: str  # what a headline says of it
+
+
+def compare_predictions(
+    check: DriftCheck, canary: Iterable[Series], stable: Iterable[Series], window: str
+) -> Drift:
+    """The canary's predictions (by output and bin) against the stable revision's, in `window`."""
+    sides = {"canary": by_output(canary), "stable": by_output(stable)}
+    outputs = [check.output] if check.output else sorted(sides["canary"].keys() & sides["stable"].keys())
+    if not outputs:
+        made = {side: _total(*counts.values()) for side, counts in sides.items()}
+        return Drift(None, Result.INCONCLUSIVE, _shortfall(check, made, window) or _disjoint(sides))
+    # Each predicted row counts once per output, so the outputs' totals differ only by the scrape.
+    made = {side: min(_total(counts.get(o, {})) for o in outputs) for side, counts in sides.items()}
+    short = _shortfall(check, made, window)
+    if short:
+        return Drift(None, Result.INCONCLUSIVE, short)
+    distance, output = max((js_distance(sides["canary"][o], sides["stable"][o]), o) for o in outputs)
+    return Drift(distance, check.bound.judge(distance), f"{check.bound.explain(distance)} (output {output})")
+
+
+def by_output(series: Iterable[Series]) -> dict[str, dict[str, float]]:
+    """Predictions by output and bin; bins and outputs that counted none in the window are left out."""
+    counts: dict[str, dict[str, float]] = {}
+    for one in series:
+        if one.value > 0:  # NaN too is left out
+            bins = counts.setdefault(one.labels.get("output", ""), {})
+            label = one.labels.get("bin", "")
+            bins[label] = bins.get(label, 0.0) + one.value
+    return counts
+
+
+def _total(*counts: Mapping[str, float]) -> float:
+    return math.fsum(value for bins in counts for value in bins.values())
+
+
+def _shortfall(check: DriftCheck, made: Mapping[str, float], window: str) -> str | None:
+    """Why `made` (predictions by side) are too few to compare, or None when they are enough."""
+    short = {side: n for side, n in made.items() if n <= 0 or n < check.min_predictions}
+    if not short:
+        return None
+    of = f" of output {check.output}" if check.output else ""
+    said = " and ".join(f"the {side} revision made {_predictions(n)}{of}" for side, n in short.items())
+    # No predictions at all say enough; a few need the bound they miss.
+    floor = f", fewer than minRequests {check.min_predictions}" if any(n > 0 for n in short.values()) else ""
+    return f"{PREDICTION_DRIFT}: {said} in {window}{floor}"
+
+
+def _predictions(count: float) -> str:
+    if count <= 0:
+        return "no predictions"
+    text = _format_count(count)
+    return f"{text} prediction" if text == "1" else f"{text} predictions"
+
+
+def _disjoint(sides: Mapping[str, Mapping[str, object]]) -> str:
+    counted = "; ".join(f"{side}: {', '.join(sorted(outputs))}" for side, outputs in sides.items())
+    return f"{PREDICTION_DRIFT}: no output counted by both revisions ({counted})"
+
+
+# ---------------------------------------------------------------------------------------------
 # Prometheus
 
 
-def parse_response(body: Any) -> float | None:
-    """The one number of an /api/v1/query answer; None when it has no data (no series, or NaN)."""
+def _result(body: Any) -> tuple[Any, Any]:
+    """The resultType and result of an /api/v1/query answer; QueryError for an error answer."""
     if not isinstance(body, Mapping):
         raise QueryError("Prometheus answered something that is not a JSON object")
     if body.get("status") != "success":
         kind = body.get("errorType") or "error"
         raise QueryError(f"{kind}: {body.get('error') or 'no error message'}")
     data = body.get("data") or {}
-    kind = data.get("resultType")
-    result: Any = data.get("result")
+    return data.get("resultType"), data.get("result")
+
+
+def parse_response(body: Any) -> float | None:
+    """The one number of an /api/v1/query answer; None when it has no data (no series, or NaN)."""
+    kind, result = _result(body)
     if kind not in ("scalar", "vector"):
         raise QueryError(f"the query returned a {kind}; a check needs one number")
     if kind == "vector":
@@ -473,27 +665,66 @@ def parse_response(body: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-async def query(
-    session: aiohttp.ClientSession, prometheus_url: str, promql: str, *, timeout: float = DEFAULT_TIMEOUT
-) -> Sample:
-    """One instant query; every failure is a Sample with an error, never an exception."""
+def parse_vector(body: Any) -> tuple[Series, ...]:
+    """The series of an /api/v1/query answer that is a vector; those whose value is NaN (no data)
+    are left out."""
+    kind, result = _result(body)
+    if kind != "vector":
+        raise QueryError(f"the query returned a {kind}; a comparison of predictions needs a vector")
+    try:
+        series = tuple(
+            Series({str(k): str(v) for k, v in item["metric"].items()}, float(item["value"][1]))
+            for item in result
+        )
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError):  # not a vector's shape
+        raise QueryError("Prometheus answered a malformed vector") from None
+    return tuple(one for one in series if not math.isnan(one.value))
+
+
+async def _ask(
+    session: aiohttp.ClientSession, prometheus_url: str, promql: str, timeout: float
+) -> tuple[Any, str | None]:
+    """The JSON answer to one instant query, or None and why there is none."""
     url = prometheus_url.rstrip("/") + "/api/v1/query"
     params = {"query": promql, "timeout": f"{timeout:g}s"}
     try:
         async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             text = await response.text()
             try:
-                body = json.loads(text)
+                return json.loads(text), None
             except ValueError:
-                return Sample(error=f"{url} answered HTTP {response.status}: {_shorten(text) or 'no body'}")
-            return Sample(value=parse_response(body))
-    except QueryError as exc:
-        return Sample(error=str(exc))
+                return None, f"{url} answered HTTP {response.status}: {_shorten(text) or 'no body'}"
     except TimeoutError:
-        return Sample(error=f"Prometheus at {prometheus_url} did not answer within {timeout:g}s")
+        return None, f"Prometheus at {prometheus_url} did not answer within {timeout:g}s"
     except (aiohttp.ClientError, ValueError) as exc:
         reason = str(exc) or type(exc).__name__
-        return Sample(error=f"Prometheus at {prometheus_url} is unreachable: {reason}")
+        return None, f"Prometheus at {prometheus_url} is unreachable: {reason}"
+
+
+async def query(
+    session: aiohttp.ClientSession, prometheus_url: str, promql: str, *, timeout: float = DEFAULT_TIMEOUT
+) -> Sample:
+    """One instant query of one number; every failure is a Sample with an error, never an exception."""
+    body, error = await _ask(session, prometheus_url, promql, timeout)
+    if error is not None:
+        return Sample(error=error)
+    try:
+        return Sample(value=parse_response(body))
+    except QueryError as exc:
+        return Sample(error=str(exc))
+
+
+async def query_vector(
+    session: aiohttp.ClientSession, prometheus_url: str, promql: str, *, timeout: float = DEFAULT_TIMEOUT
+) -> VectorSample:
+    """One instant query of a vector; every failure is a VectorSample with an error, never an exception."""
+    body, error = await _ask(session, prometheus_url, promql, timeout)
+    if error is not None:
+        return VectorSample(error=error)
+    try:
+        return VectorSample(series=parse_vector(body))
+    except QueryError as exc:
+        return VectorSample(error=str(exc))
 
 
 async def measure(
@@ -507,16 +738,22 @@ async def measure(
     stable: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Measurement:
-    """Measure one revision now (and, with `stable`, its share of the model's requests): every
-    query at once, judged by `evaluate`. Never raises."""
+    """Measure one revision now (and, with `stable`, its share of the model's requests and its
+    predictions against the stable revision's): every query at once, judged by `evaluate`. Never raises."""
     planned = plan(settings, namespace=namespace, name=name, revision=revision, stable=stable)
     if not prometheus_url:
-        missing = Sample(error=NO_PROMETHEUS)
-        return evaluate(planned, missing, [missing] * len(planned.checks))
-    queries = [planned.requests, *(check.query for check in planned.checks)]
+        missing, nothing = Sample(error=NO_PROMETHEUS), VectorSample(error=NO_PROMETHEUS)
+        predictions = Predictions(nothing, nothing) if planned.drift is not None else None
+        return evaluate(planned, missing, [missing] * len(planned.checks), predictions=predictions)
+    numbers = [planned.requests, *(check.query for check in planned.checks)]
     if planned.traffic is not None:
-        queries.append(planned.traffic)
-    samples = await asyncio.gather(*(query(session, prometheus_url, q, timeout=timeout) for q in queries))
+        numbers.append(planned.traffic)
+    vectors = [planned.drift.canary, planned.drift.stable] if planned.drift is not None else []
+    samples, answers = await asyncio.gather(
+        asyncio.gather(*(query(session, prometheus_url, q, timeout=timeout) for q in numbers)),
+        asyncio.gather(*(query_vector(session, prometheus_url, q, timeout=timeout) for q in vectors)),
+    )
     checks = samples[1 : 1 + len(planned.checks)]
     traffic = samples[-1] if planned.traffic is not None else None
-    return evaluate(planned, samples[0], checks, traffic)
+    predictions = Predictions(*answers) if planned.drift is not None else None
+    return evaluate(planned, samples[0], checks, traffic, predictions)
