@@ -32,6 +32,7 @@ from tests.operator.real_node_canary import (
     deployment,
     endpoints,
     model_spec,
+    send,
 )
 from tests.real_node import routed_into_node
 from tests.support import wait_until
@@ -115,6 +116,8 @@ def test_a_wrong_but_healthy_canary_is_rolled_back_on_its_predictions_and_a_good
         lambda: sum(bool(e.conditions and e.conditions.ready) for e in endpoints(models, NAME)) == REPLICAS,
         what="three ready endpoints",
     )
+    # Ready endpoints come before kube-proxy's rules for them: the first answer says they are in.
+    wait_until(lambda: send(url, requests, 1)[200] == 1, what="an answer through the ClusterIP")
 
     with ServiceTraffic(url, requests) as traffic:
         before = wait_until(
