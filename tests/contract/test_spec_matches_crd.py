@@ -118,6 +118,9 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
     ),
     ("prediction-drift-with-defaults", analysis(predictionDrift={"max": 0.2})),
     ("prediction-drift", analysis(predictionDrift={"max": 1, "minRequests": 0, "output": "label"})),
+    ("shadow-steps", canary({"shadow": {"percent": 20, "duration": "5m"}}, {"shadow": {"percent": 100}})),
+    ("agreement-with-defaults", analysis(agreement={"min": 0.98})),
+    ("agreement", analysis(agreement={"min": 1, "minRequests": 0})),
     ("gateway-route", canary({"setWeight": 10}, trafficRouting={"gatewayAPI": {"httpRoute": "iris"}})),
     ("longest-name", body("a" * 52)),
 ]
@@ -131,7 +134,9 @@ BAD: list[Any] = [
     pytest.param(
         body(model={"version": ""}), "spec.model.version: '' should be non-empty", id="empty-version"
     ),
-    pytest.param(canary({}), "each step is exactly one of setWeight, pause or analysis", id="empty-step"),
+    pytest.param(
+        canary({}), "each step is exactly one of setWeight, pause, analysis or shadow", id="empty-step"
+    ),
     pytest.param(canary({"pause": {"duration": "5x"}}), "a duration is", id="pause-with-an-unknown-unit"),
     pytest.param(canary({"pause": {"duration": -1}}), "a duration is", id="negative-pause"),
     pytest.param(canary({"pause": {"duration": "1.5s"}}), "a duration is", id="fractional-pause-text"),
@@ -428,7 +433,7 @@ BAD: list[Any] = [
     ),
     pytest.param(
         canary({"setWeight": 20, "pause": {}}),
-        "each step is exactly one of setWeight, pause or analysis",
+        "each step is exactly one of setWeight, pause, analysis or shadow",
         id="step-of-two-kinds",
     ),
     pytest.param(
@@ -520,6 +525,40 @@ BAD: list[Any] = [
         analysis(predictionDrift={"max": 0.2, "output": ""}),
         "predictionDrift.output: '' should be non-empty",
         id="prediction-drift-empty-output",
+    ),
+    pytest.param(
+        canary({"shadow": {"duration": "5m"}}),
+        "'percent' is a required property",
+        id="shadow-without-percent",
+    ),
+    pytest.param(
+        canary({"shadow": {"percent": 0}}),
+        "shadow.percent: 0 is less than the minimum of 1",
+        id="shadow-of-nothing",
+    ),
+    pytest.param(
+        canary({"shadow": {"percent": 101}}),
+        "shadow.percent: 101 is greater than the maximum of 100",
+        id="shadow-above-100",
+    ),
+    pytest.param(
+        canary({"shadow": {"percent": 20, "duration": "5x"}}), "a duration is", id="shadow-bad-duration"
+    ),
+    pytest.param(
+        canary({"shadow": {"percent": 20}, "setWeight": 20}),
+        "each step is exactly one of setWeight, pause, analysis or shadow",
+        id="shadow-and-weight",
+    ),
+    pytest.param(analysis(agreement={}), "'min' is a required property", id="agreement-without-min"),
+    pytest.param(
+        analysis(agreement={"min": 1.5}),
+        "agreement.min: 1.5 is greater than the maximum of 1",
+        id="agreement-above-1",
+    ),
+    pytest.param(
+        analysis(agreement={"min": 0.9, "minRequests": -1}),
+        "agreement.minRequests: -1 is less than the minimum of 0",
+        id="agreement-negative-min-requests",
     ),
     pytest.param(
         body("a" * 53),

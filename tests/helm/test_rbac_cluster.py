@@ -138,6 +138,8 @@ def test_what_the_chart_grants_is_allowed(namespaced: ScopedOperator) -> None:
     # To take a handled modelship.io/action annotation off (tests/argocd/test_sync.py saw the
     # chart's operator refused that and every promote's annotation stay).
     assert _can_i(namespaced, "patch", "modeldeployments.modelship.io", "-n", ns) == "yes"
+    # A shadow step tells the stable revision's pods where to copy requests to (an annotation).
+    assert _can_i(namespaced, "patch", "pods", "-n", ns) == "yes"
 
 
 def test_a_refused_request_is_really_forbidden_by_the_api_server(namespaced: ScopedOperator) -> None:

@@ -26,6 +26,7 @@ import pytest
 from kubernetes import client
 from modelship.operator import naming
 
+from tests.operator import canary_models
 from tests.operator.conftest import OperatorProcess
 from tests.operator.models import Models
 from tests.real_node import ready_real_node
@@ -215,3 +216,33 @@ def endpoints_of(models: Models, name: str, revision: str) -> list[client.V1Endp
 def ever_scraped(prometheus: Prometheus, selector: str) -> list[dict[str, Any]]:
     """Series Prometheus scraped in the last minutes, even those gone stale since (a pod gone)."""
     return prometheus.query(f"max_over_time({selector}[10m])")
+
+
+def predicted(answer: Answer) -> int | None:
+    """The class a 200 answer of canary_models' classifiers gives (argmax of its scores); None for
+    any other answer."""
+    if answer.code != 200:
+        return None
+    [output] = json.loads(answer.body)["outputs"]
+    scores: list[float] = output["data"]
+    return max(range(len(scores)), key=scores.__getitem__)
+
+
+def wrong(answers: Sequence[Answer]) -> list[Answer]:
+    """The answers that put their input in another class than canary_models.classifier() does."""
+    return [a for a in answers if predicted(a) != canary_models.CLASSIFIER_INPUTS[a.turn][1]]
+
+
+def rollout_of(models: Models, name: str) -> dict[str, Any]:
+    return ((models.get(name).get("status") or {}).get("rollout")) or {}
+
+
+def pods_of(models: Models, name: str, revision: str) -> list[client.V1Pod]:
+    """The revision's pods, terminating ones included."""
+    return [p for p in models.pods(name) if p.metadata.labels.get(naming.LABEL_REVISION) == revision]
+
+
+def true_condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    found = next((c for c in status.get("conditions") or () if c["type"] == kind), None)
+    assert found is not None and found["status"] == "True", status.get("conditions")
+    return found

@@ -11,10 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from modelship.operator.rollout import analysis
 from modelship.operator.rollout.analysis import (
+    Agreement,
     AnalysisSettings,
     AnalysisSpecError,
     Check,
     CheckResult,
+    Compared,
     DriftCheck,
     Measurement,
     PredictionDrift,
@@ -845,3 +847,119 @@ def test_a_vector_answer_is_its_series_without_nan() -> None:
 def test_vector_answers_of_another_shape_are_errors(body: Any, message: str) -> None:
     with pytest.raises(QueryError, match=message):
         parse_vector(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# agreement of copied requests (a shadow step)
+
+AGREEING = AnalysisSettings(agreement=Agreement(min=0.98))
+SHADOWED = plan(AGREEING, namespace="prod", name="iris", revision="9b1c", stable="0ab7", mirrored=True)
+
+
+def test_agreement_is_off_unless_asked_for_and_defaults_to_50_compared_answers() -> None:
+    assert parse_settings({}).agreement is None
+    assert parse_settings({"agreement": {"min": 0.98}}).agreement == Agreement(min=0.98, min_requests=50)
+    assert parse_settings({"agreement": {"min": 1, "minRequests": 0}}).agreement == Agreement(1.0, 0)
+    for raw, message in (
+        ({"agreement": {}}, "agreement.min must be between 0 and 1"),
+        ({"agreement": {"min": 1.5}}, "agreement.min must be between 0 and 1"),
+        ({"agreement": {"min": 0.9, "minRequests": -1}}, "agreement.minRequests must be an integer"),
+        ({"agreement": 0.9}, "agreement must be an object with min"),
+    ):
+        with pytest.raises(AnalysisSpecError, match=message):
+            parse_settings(raw)
+
+
+def test_agreement_is_checked_only_while_the_stable_pods_copy_requests_to_the_canary() -> None:
+    assert plan(AGREEING, namespace="prod", name="iris", revision="9b1c", stable="0ab7").agreement is None
+    assert plan(AGREEING, namespace="prod", name="iris", revision="9b1c", mirrored=True).agreement is None
+    check = SHADOWED.agreement
+    assert check is not None
+    # Counted by the stable pods, which label each copy with the canary's revision as its target.
+    assert check.compared == (
+        'sum(increase(modelship_mirror_requests_total{namespace="prod",target="9b1c",'
+        'result=~"agree|disagree"}[30s]))'
+    )
+    assert 'result="agree"' in check.agreed and check.agreed.endswith(" or vector(0)")
+
+
+def test_the_agreement_queries_name_what_the_server_exports() -> None:
+    from modelship.server.metrics import Metrics, MirrorResult
+
+    metrics = Metrics(model="iris", version="2", revision="0ab7")
+    metrics.mirror_series("9b1c").count(MirrorResult.AGREE)
+    exported = metrics.render().decode()
+    labels = 'model="iris",result="{}",revision="0ab7",target="9b1c",version="2"'
+    assert f"modelship_mirror_requests_total{{{labels.format('agree')}}} 1.0" in exported
+    assert f"modelship_mirror_requests_total{{{labels.format('disagree')}}} 0.0" in exported
+    check = SHADOWED.agreement
+    assert check is not None and "modelship_mirror_requests_total{" in check.compared
+
+
+def _agreement(compared: float | None, agreed: float | None, requests: float = 300) -> Measurement:
+    return evaluate(
+        SHADOWED,
+        Sample(requests),
+        [Sample(1.0)],
+        Sample(600),
+        compared=Compared(Sample(compared), Sample(agreed)),
+    )
+
+
+def test_answers_alike_pass_and_the_summary_counts_them() -> None:
+    m = _agreement(200, 199)
+    assert m.verdict == Result.PASS
+    assert m.results[-1] == CheckResult("agreement", 0.995, ">= 0.98", Result.PASS)
+    assert "agreement 0.995 >= 0.98 (199 of 200 answers alike)" in m.summary
+
+
+def test_a_canary_that_answers_otherwise_fails_whatever_its_success_rate() -> None:
+    m = _agreement(200, 0)
+    assert m.verdict == Result.FAIL
+    assert (
+        m.summary
+        == "agreement 0 < 0.98 (0 of 200 answers alike) (revision 9b1c, 300 of 600 requests in 30s: 50%)"
+    )
+
+
+def test_too_few_compared_answers_are_inconclusive_and_say_why() -> None:
+    m = _agreement(12, 0)
+    assert m.verdict == Result.INCONCLUSIVE
+    assert m.results[-1] == CheckResult("agreement", None, ">= 0.98", Result.INCONCLUSIVE)
+    assert "agreement: 12 answers compared in 30s, fewer than minRequests 50" in m.summary
+    assert "agreement: no answers compared in 30s" in _agreement(None, None).summary
+
+
+def test_a_failed_agreement_query_is_inconclusive_and_named() -> None:
+    m = evaluate(
+        SHADOWED, Sample(300), [Sample(1.0)], Sample(600), compared=Compared(Sample(error="boom"), Sample(3))
+    )
+    assert m.verdict == Result.INCONCLUSIVE and "agreement: boom" in m.summary
+
+
+def test_extrapolated_counts_never_make_a_share_above_1() -> None:
+    assert _agreement(100, 100.4).results[-1].value == 1.0
+
+
+def test_compared_answers_come_with_an_agreement_check_and_only_with_one() -> None:
+    with pytest.raises(ValueError, match="compared answers go with"):
+        evaluate(SHADOWED, Sample(300), [Sample(1.0)])
+    with pytest.raises(ValueError, match="compared answers go with"):
+        evaluate(PLAN, Sample(300), [Sample(1.0), Sample(0.1)], compared=Compared(Sample(1), Sample(1)))
+
+
+@given(compared=st.floats(0, 400), agreed=st.floats(0, 400), low=st.integers(0, 200))
+def test_an_agreement_passes_only_on_enough_compared_answers_alike_enough(
+    compared: float, agreed: float, low: int
+) -> None:
+    settings = AnalysisSettings(agreement=Agreement(min=0.9, min_requests=low))
+    planned = plan(settings, namespace="prod", name="iris", revision="9b1c", stable="0ab7", mirrored=True)
+    m = evaluate(
+        planned, Sample(300), [Sample(1.0)], None, compared=Compared(Sample(compared), Sample(agreed))
+    )
+    result = m.results[-1]
+    if result.result == Result.INCONCLUSIVE:
+        assert compared <= 0 or compared < low
+    else:
+        assert compared > 0 and compared >= low and result.value is not None
+        assert (result.result == Result.PASS) == (min(1.0, agreed / compared) >= 0.9)

@@ -310,6 +310,8 @@ step_strategy = st.one_of(
     st.builds(lambda d: Step(pause=float(d)), st.integers(0, 40)),
     st.just(Step(pause=math.inf)),
     st.just(Step(analysis=True)),
+    st.builds(lambda p, d: Step(shadow=p, pause=float(d)), st.integers(1, 100), st.integers(0, 40)),
+    st.builds(lambda p: Step(shadow=p, pause=math.inf), st.integers(1, 100)),
 )
 # (kind, value, pods that come up, whether the Deployment controller observes before the tick)
 event = st.one_of(
@@ -330,10 +332,23 @@ def check_invariants(world: World, outcome: StepResult, previous: RolloutState) 
     size = world.size
     replicas: Mapping[str, int | None] = outcome.replicas
     stable = outcome.stable
+    walk = world.rollout.steps
+    at = walk[outcome.state.step] if outcome.canary is not None and outcome.state.step < len(walk) else None
+    # Copies go to the canary only in a shadow step, only once a canary pod is ready, and the
+    # users' requests then go to the stable revision alone.
+    assert outcome.state.mirror == (at.shadow or 0 if at is not None and outcome.abort is None else 0)
+    if outcome.mirror:
+        canary_state = world.revisions.get(world.target)
+        assert canary_state is not None and canary_state.ready_replicas > 0
+        assert outcome.mirror == outcome.state.mirror and outcome.weight == 0
+    if at is not None and at.shadow is not None and outcome.abort is None:
+        assert outcome.weight == 0
+        assert stable is not None and replicas[stable] == size
     if outcome.abort is not None:
         # An abort always gives every request back to the stable revision, at full size.
         assert stable is not None and replicas[stable] == size
         assert replicas.get(world.target, 0) == 0 and outcome.weight == 0
+        assert outcome.mirror == 0
         return
     if stable is not None and outcome.canary is not None:
         stable_want = replicas[stable]
@@ -378,7 +393,8 @@ def check_no_churn(world: World, outcome: StepResult, prior: StepResult | None) 
         assert want <= size
     canary_want = outcome.replicas.get(world.target) or 0
     in_steps = outcome.state.step < len(world.rollout.steps)
-    assert canary_want == (steps.canary_replicas(size, outcome.weight) if in_steps else size)
+    share = max(outcome.weight, outcome.state.mirror)  # a shadow step's copies need pods too
+    assert canary_want == (steps.canary_replicas(size, share) if in_steps else size)
 
 
 @settings(max_examples=300, deadline=None)
@@ -407,6 +423,14 @@ def test_invariants_hold_over_any_history(
             outcome = world.tick(float(value), grow=grow, observe=observe)
             check_invariants(world, outcome, previous)
             check_no_churn(world, outcome, prior)
+            left = previous.canary == world.target and outcome.state.step > previous.step
+            shadow = steps[previous.step] if left and previous.step < len(steps) else None
+            if shadow is not None and shadow.shadow is not None and analysed and not had_action:
+                # With analysis a shadow step ends only on a pass measured after its duration.
+                assert previous.step_started is not None and shadow.pause is not None
+                ends = previous.step_started + shadow.pause
+                assert outcome.state.verdict == PASS
+                assert outcome.state.last_run is not None and outcome.state.last_run >= ends
             # A timed pause is never left before its time, unless a person promoted it.
             if pause_step and outcome.state.step > previous.step and previous.step_started is not None:
                 pause = steps[previous.step].pause
@@ -542,3 +566,67 @@ def test_a_measurement_remembers_the_weight_it_was_taken_at_when_its_pass_moves_
     world = World(RolloutSpec(steps=(Step(set_weight=25), Step(analysis=True), Step(set_weight=50))))
     passed = world.run_until(lambda o: o.state.runs == 1)
     assert passed.weight == 50 and passed.state.measured_at_weight == 25
+
+
+# ---- shadow steps (issue #16)
+
+SHADOWED = (Step(shadow=20, pause=30.0), Step(set_weight=50), Step(pause=math.inf))
+
+
+def test_a_shadow_step_gives_the_canary_copies_and_no_user_then_its_weights() -> None:
+    world = World(RolloutSpec(steps=SHADOWED), size=5)
+    first = world.tick(grow=0)
+    # Pods for a fifth of the requests, none of the users': the stable revision keeps all five.
+    assert first.weight == 0 and first.replicas == {"new": 1, "old": 5}
+    assert first.state.mirror == 20 and first.mirror == 0, "no copies before a canary pod is ready"
+    copying = world.tick()
+    assert copying.mirror == 20 and copying.weight == 0 and copying.paused is None
+    assert copying.requeue_after is not None and copying.requeue_after <= 30
+    weighted = world.run_until(lambda o: o.weight == 50)
+    assert world.now - 1 >= T0 + 30, "left before its duration"
+    assert weighted.mirror == 0 and weighted.state.mirror == 0
+    # The stable revision shrinks only as the canary's new pods become ready to take over.
+    assert weighted.replicas == {"new": 3, "old": 4}
+    assert world.run_until(lambda o: o.paused is not None).replicas == {"new": 3, "old": 3}
+
+
+def test_with_analysis_a_shadow_step_ends_on_the_first_pass_after_its_duration() -> None:
+    world = World(RolloutSpec(steps=SHADOWED, analysis={"interval": "10s"}), size=5)
+    world.verdict = INCONCLUSIVE
+    # Background analysis runs during the shadow step, though the canary's weight is 0.
+    assert world.run_until(lambda o: o.state.runs == 1).weight == 0
+    world.run_until(lambda o: world.now > T0 + 40, seconds=2)
+    assert world.state.step == 0, "a shadow step never ends on what it could not measure"
+    assert world.outcomes[-1].mirror == 20, "paused for inconclusive measurements, it keeps copying"
+    world.verdict = PASS
+    passed = world.run_until(lambda o: o.state.step == 1, seconds=2)
+    assert passed.state.verdict == PASS and passed.weight == 50
+
+
+def test_a_failing_canary_is_rolled_back_during_its_shadow_step_and_the_copies_stop() -> None:
+    world = World(RolloutSpec(steps=SHADOWED, analysis={"interval": "10s"}), size=5)
+    world.run_until(lambda o: o.mirror == 20)
+    world.verdict = FAIL
+    aborted = world.run_until(lambda o: o.abort is not None)
+    assert aborted.mirror == 0 and aborted.state.mirror == 0 and aborted.weight == 0
+    assert aborted.replicas == {"old": 5, "new": 0}
+    assert all(o.weight == 0 for o in world.outcomes), "no user request ever went to the canary"
+
+
+def test_a_shadow_step_without_a_duration_copies_until_promoted() -> None:
+    world = World(RolloutSpec(steps=(Step(shadow=100, pause=math.inf), *SHADOWED[1:])), size=2)
+    waiting = world.run_until(lambda o: o.mirror == 100)
+    assert waiting.replicas == {"new": 2, "old": 2}
+    assert waiting.paused == "step 1 (shadow: 100% until promoted): waiting for a manual promote"
+    for _ in range(30):
+        assert world.tick(10).state.step == 0
+    world.action = "promote@1"
+    assert world.run_until(lambda o: o.weight == 50).mirror == 0
+
+
+def test_the_shadow_percent_survives_the_status_round_trip() -> None:
+    world = World(RolloutSpec(steps=SHADOWED), size=5)
+    world.run_until(lambda o: o.mirror == 20)
+    again = RolloutState.from_status({"rollout": world.state.to_status(world.rollout)})
+    assert again.mirror == 20 and world.state.to_status(world.rollout)["mirror"] == 20
+    assert "mirror" not in RolloutState(stable="a").to_status(world.rollout)

@@ -556,3 +556,22 @@ def test_a_remote_api_server_keeps_the_environments_proxy(tmp_path: Path, bogus_
 )
 def test_is_loopback_url(url: str, loopback: bool) -> None:
     assert cli.is_loopback_url(url) is loopback
+
+
+def test_a_shadow_step_shows_what_is_copied_and_that_users_get_the_stable_answers() -> None:
+    body = md(copy.deepcopy(MID_ROLLOUT))
+    body["spec"]["rollout"]["canary"]["steps"] = [{"shadow": {"percent": 20, "duration": "5m"}}, *STEPS]
+    rollout = body["status"]["rollout"]
+    rollout.update(
+        step=0,
+        weight=0,
+        mirror=20,
+        replicaWeight=0,
+        traffic="shadow: users get only the stable revision's answers; its pods copy 20% of their requests",
+    )
+    rollout.pop("actualWeight", None)
+    output = text(body)
+    assert lines_after(output, "Steps:")[0] == "[>] 1. shadow: 20% for 5m"
+    assert field(output, "Shadow") == "20% of the stable revision's requests copied"
+    assert field(output, "Traffic").startswith("shadow: users get only the stable revision's answers")
+    assert "Shadow:" not in text(md(MID_ROLLOUT))

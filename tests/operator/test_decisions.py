@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,8 +10,9 @@ from modelship.operator import bodies, manifests, naming, spec
 from modelship.operator.children import Children
 from modelship.operator.decisions import Decision, decide, replicas_hold
 from modelship.operator.drift import Difference
+from modelship.operator.rollout import traffic
 
-from tests.operator.factories import live, md_body, ready_deployment, replicas_managed_by
+from tests.operator.factories import live, md_body, pod, ready_deployment, replicas_managed_by
 
 IMAGE = "img:1"
 NOW = 1_800_000_000.0
@@ -310,3 +312,96 @@ def test_an_aborted_autoscaled_canary_stays_at_zero_and_the_hpa_keeps_the_stable
     assert restored.name == canary["metadata"]["name"]
     assert restored.difference is Difference.DRIFTED and restored.manifest["spec"]["replicas"] == 0
     assert hpa_targets(decision, children.autoscalers[0]) == stable["metadata"]["name"]
+
+
+# ---- a shadow step (issue #16): the canary out of the Service, the stable pods told where to copy
+
+SHADOW = {
+    "canary": {"steps": [{"shadow": {"percent": 20, "duration": "1m"}}, {"setWeight": 50}, {"pause": {}}]}
+}
+
+
+def shadow_world(*, with_service: bool) -> tuple[dict, str, str, Children]:
+    """Version 3 serves (two pods), version 4 is in its shadow step with one ready pod."""
+    old_body = md_body(replicas=2)
+    stable = deployment_of(old_body, 2)
+    new_body = md_body(replicas=2, model={"version": "4"}, rollout=SHADOW)
+    canary = deployment_of(new_body, 1)
+    old, new = revision_of(stable), revision_of(canary)
+    new_body["status"] = {
+        "rollout": {"stableRevision": old, "stableVersion": "3", "canaryRevision": new, "canaryVersion": "4"}
+    }
+    md = spec.parse(new_body)
+    services = [live(manifests.service(md, only=old))]
+    if with_service:
+        shadow_service = live(traffic.revision_service(md, new))
+        shadow_service["spec"]["clusterIP"] = "10.96.7.7"
+        services.append(shadow_service)
+    pods = [
+        pod(old, "iris-old-a", ready=True),
+        pod(old, "iris-old-b", ready=True),
+        pod(new, "iris-new-a", ready=True),
+    ]
+    pods[1]["metadata"]["annotations"] = {"other": "kept"}
+    children = Children(
+        deployments=[ready_deployment(stable), ready_deployment(canary)], services=services, pods=pods
+    )
+    return new_body, old, new, children
+
+
+def test_a_shadow_step_keeps_the_canary_out_of_the_service_and_gives_it_a_service_of_its_own() -> None:
+    body, _old, new, children = shadow_world(with_service=False)
+    decision = decide(spec.parse(body), children, server_image=IMAGE, now=NOW)
+    assert decision.rollout.weight == 0 and decision.rollout.mirror == 20
+    applied = {a.name: a.manifest for a in decision.apply}
+    assert "iris" not in applied, "the main Service already selects the stable revision alone"
+    shadow_service = applied[f"iris-{new}"]
+    assert shadow_service["spec"]["selector"][naming.LABEL_REVISION] == new
+    # Until that Service has its address, no pod is told to copy anything.
+    assert decision.annotate == ()
+
+
+def test_the_stable_pods_alone_are_told_where_to_copy_and_how_much() -> None:
+    body, _old, new, children = shadow_world(with_service=True)
+    decision = decide(spec.parse(body), children, server_image=IMAGE, now=NOW)
+    assert [a.pod for a in decision.annotate] == ["iris-old-a", "iris-old-b"]
+    value = decision.annotate[0].value
+    assert value is not None
+    assert json.loads(value) == {"url": "http://10.96.7.7:80", "percent": 20, "revision": new}
+    # A pod without annotations gets the map; one with some gets the key added to it.
+    key = "modelship.io~1mirror"
+    assert decision.annotate[0].operations == [
+        {"op": "add", "path": "/metadata/annotations", "value": {naming.ANNOTATION_MIRROR: value}}
+    ]
+    assert decision.annotate[1].operations == [
+        {"op": "add", "path": f"/metadata/annotations/{key}", "value": value}
+    ]
+    # Told once: annotated pods are left alone, and the canary's own pod is never told.
+    for one in children.pods[:2]:
+        one["metadata"].setdefault("annotations", {})[naming.ANNOTATION_MIRROR] = value
+    assert decide(spec.parse(body), children, server_image=IMAGE, now=NOW).annotate == ()
+
+
+def test_after_the_shadow_step_the_copies_stop_and_the_canary_joins_the_service() -> None:
+    body, _old, new, children = shadow_world(with_service=True)
+    for one in children.pods[:2]:
+        one["metadata"]["annotations"] = {naming.ANNOTATION_MIRROR: "{}"}
+    body["status"]["rollout"].update(step=1, weight=50)
+    decision = decide(spec.parse(body), children, server_image=IMAGE, now=NOW)
+    assert decision.rollout.weight == 50 and decision.rollout.mirror == 0
+    assert [(a.pod, a.value) for a in decision.annotate] == [("iris-old-a", None), ("iris-old-b", None)]
+    assert decision.annotate[0].operations == [
+        {"op": "remove", "path": "/metadata/annotations/modelship.io~1mirror"}
+    ]
+    service = next(a.manifest for a in decision.apply if a.name == "iris")
+    assert service["spec"]["selector"] == naming.selector_labels("iris")
+    assert [(d.kind, d.name) for d in decision.delete] == [("Service", f"iris-{new}")]
+
+
+def test_an_aborted_canary_stays_out_of_the_service() -> None:
+    body, _old, new, children = shadow_world(with_service=True)
+    body["status"]["rollout"].update(abortedRevision=new, abort={"reason": "AnalysisFailed", "message": "x"})
+    decision = decide(spec.parse(body), children, server_image=IMAGE, now=NOW)
+    assert decision.rollout.abort is not None and decision.rollout.mirror == 0
+    assert not any(a.name == "iris" for a in decision.apply), "still the stable revision alone"
+    assert decision.annotate == ()

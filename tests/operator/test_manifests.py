@@ -64,6 +64,7 @@ def test_the_server_is_configured_through_its_environment() -> None:
         "MODELSHIP_PORT": "8080",
         "MODELSHIP_CACHE_DIR": naming.CACHE_DIR,
         "MODELSHIP_TERMINATION_LOG": "/dev/termination-log",
+        "MODELSHIP_MIRROR_FILE": "/etc/modelship/podinfo/mirror",
         "MODELSHIP_REVISION": revision.revision,
     }
     init = revision.template["spec"]["initContainers"][0]
@@ -256,6 +257,23 @@ def test_the_service_selects_every_revision() -> None:
     assert service["spec"]["selector"] == naming.selector_labels("iris")
     assert naming.LABEL_REVISION not in service["spec"]["selector"]
     assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+
+
+def test_the_service_of_a_canary_without_traffic_selects_the_stable_revision_alone() -> None:
+    service = manifests.service(spec.parse(md_body()), only="abc")
+    assert service["spec"]["selector"] == {**naming.selector_labels("iris"), naming.LABEL_REVISION: "abc"}
+
+
+def test_the_server_reads_its_mirror_annotation_from_a_downward_api_file() -> None:
+    pod = revision_of().template["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "podinfo")
+    field = volume["downwardAPI"]["items"][0]
+    assert field["fieldRef"]["fieldPath"] == "metadata.annotations['modelship.io/mirror']"
+    server, init = pod["containers"][0], pod["initContainers"][0]
+    mount = next(m for m in server["volumeMounts"] if m["name"] == "podinfo")
+    assert mount == {"name": "podinfo", "mountPath": naming.PODINFO_MOUNT_DIR, "readOnly": True}
+    assert env_of(server)["MODELSHIP_MIRROR_FILE"] == f"{mount['mountPath']}/{field['path']}"
+    assert not any(m["name"] == "podinfo" for m in init["volumeMounts"])
 
 
 def test_every_manifest_carries_the_hash_of_itself() -> None:

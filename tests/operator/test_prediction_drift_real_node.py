@@ -11,28 +11,28 @@ promoted. Nothing is simulated: pods on the real node, traffic through the Servi
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from kubernetes import client
-from modelship.operator import naming
 
 from tests.operator import canary_models
 from tests.operator.models import Models
 from tests.operator.real_node_canary import (
     POD_START,
-    Answer,
     ModelFiles,
     Published,
     ServiceTraffic,
     deployment,
     endpoints,
     model_spec,
+    pods_of,
+    rollout_of,
     send,
+    true_condition,
+    wrong,
 )
 from tests.real_node import routed_into_node
 from tests.support import wait_until
@@ -75,24 +75,6 @@ def spec(published: Published) -> dict[str, Any]:
     }
 
 
-def predicted(answer: Answer) -> int | None:
-    """The class a 200 answer gives (argmax of its scores); None for any other answer."""
-    if answer.code != 200:
-        return None
-    [output] = json.loads(answer.body)["outputs"]
-    scores: list[float] = output["data"]
-    return max(range(len(scores)), key=scores.__getitem__)
-
-
-def wrong(answers: Sequence[Answer]) -> list[Answer]:
-    """The answers that put their input in another class than version 1 does."""
-    return [a for a in answers if predicted(a) != canary_models.CLASSIFIER_INPUTS[a.turn][1]]
-
-
-def rollout_of(models: Models) -> dict[str, Any]:
-    return ((models.get(NAME).get("status") or {}).get("rollout")) or {}
-
-
 def drift_results(rollout: dict[str, Any]) -> list[dict[str, Any]]:
     results = (rollout.get("analysis") or {}).get("results") or ()
     return [r for r in results if r.get("name") == "prediction-drift"]
@@ -127,7 +109,7 @@ def test_a_wrong_but_healthy_canary_is_rolled_back_on_its_predictions_and_a_good
 
         # Version 2: wrong but healthy. Success rate passes it, the predictions do not.
         models.patch(NAME, {"spec": {"model": model_spec("2", v2)}})
-        canary = wait_until(lambda: rollout_of(models).get("canaryRevision"), what="a canary revision")
+        canary = wait_until(lambda: rollout_of(models, NAME).get("canaryRevision"), what="a canary revision")
         status = wait_until(
             lambda: (
                 (s := models.get(NAME).get("status") or {}).get("rollout", {}).get("abortedRevision")
@@ -141,7 +123,7 @@ def test_a_wrong_but_healthy_canary_is_rolled_back_on_its_predictions_and_a_good
         aborted_at = time.monotonic()
         # Gone, not only out of the endpoints: a terminating pod could still answer until kube-proxy
         # has synced its rules.
-        wait_until(lambda: not pods_of(models, canary), timeout=90, what="no canary pod")
+        wait_until(lambda: not pods_of(models, NAME, canary), timeout=90, what="no canary pod")
         after_abort = len(traffic.answers)
         wait_until(
             lambda: len(traffic.answers) >= after_abort + ANSWERS_AFTER, what="answers after the abort"
@@ -162,7 +144,7 @@ def test_a_wrong_but_healthy_canary_is_rolled_back_on_its_predictions_and_a_good
 
         wait_until(promoted, timeout=POD_START + 60, interval=0.2, what="version 3 to be promoted")
         good = models.wait_ready(NAME, timeout=60)["status"]["model"]["revision"]
-        wait_until(lambda: not pods_of(models, stable), timeout=90, what="no pod of version 1")
+        wait_until(lambda: not pods_of(models, NAME, stable), timeout=90, what="no pod of version 1")
         promoted_at = len(traffic.answers)
         wait_until(
             lambda: len(traffic.answers) >= promoted_at + ANSWERS_AFTER, what="answers after promotion"
@@ -181,7 +163,7 @@ def test_a_wrong_but_healthy_canary_is_rolled_back_on_its_predictions_and_a_good
     assert results["success-rate"]["result"] == "Pass", results
     assert results["prediction-drift"]["result"] == "Fail", results
     assert results["prediction-drift"]["value"] > MAX_DRIFT, results
-    degraded = status_condition(status, "Degraded")
+    degraded = true_condition(status, "Degraded")
     assert degraded["reason"] == "AnalysisFailed", degraded
     measured = re.search(r"prediction-drift (\d+(?:\.\d+)?) > 0\.3", degraded["message"])
     assert measured is not None and float(measured.group(1)) > MAX_DRIFT, degraded["message"]
@@ -197,14 +179,3 @@ def test_a_wrong_but_healthy_canary_is_rolled_back_on_its_predictions_and_a_good
         f"({len(first_wrong)} wrong answers of {len(during)}); {degraded['message']}; "
         f"good canary's drift {[r['value'] for r in passes]}"
     )
-
-
-def pods_of(models: Models, revision: str) -> list[client.V1Pod]:
-    """The revision's pods, terminating ones included."""
-    return [p for p in models.pods(NAME) if p.metadata.labels.get(naming.LABEL_REVISION) == revision]
-
-
-def status_condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
-    found = next((c for c in status.get("conditions") or () if c["type"] == kind), None)
-    assert found is not None and found["status"] == "True", status.get("conditions")
-    return found

@@ -73,6 +73,21 @@ def mlp_reference(x: np.ndarray, sizes: Sequence[int] = (4, 8, 3), seed: int = 0
     return h
 
 
+def mlp_rolled(sizes: Sequence[int] = (4, 8, 3), seed: int = 0, shift: int = 1) -> onnx.ModelProto:
+    """The MLP with its classes renamed: column i of y is the MLP's column i - shift, so that every row's
+    argmax moves (a canary that answers every request, and every one wrongly)."""
+    model = mlp(sizes, seed)
+    graph = model.graph
+    for node in graph.node:
+        if list(node.output) == ["y"]:
+            node.output[0] = "scores"
+    order = np.roll(np.arange(sizes[-1], dtype=np.int64), shift)
+    graph.initializer.append(numpy_helper.from_array(order, "order"))
+    graph.node.append(helper.make_node("Gather", ["scores", "order"], ["y"], axis=1))
+    onnx.checker.check_model(model)
+    return model
+
+
 # name -> (ONNX type, op applied, numpy reference)
 DTYPE_CASES = {
     "i64": (TensorProto.INT64, "add_one"),

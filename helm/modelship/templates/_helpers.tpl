@@ -67,10 +67,12 @@ tests/helm/test_rbac_cluster.py runs the operator with nothing more.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [get, list, watch, update, patch]
-# Pods are only observed (readiness, load failures).
+# Pods are observed (readiness, load failures); patch: during a canary's shadow step the stable
+# revision's pods get the modelship.io/mirror annotation (where to copy requests to), which their
+# server reads from a downwardAPI file. Nothing else of a pod is written.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch]
+  verbs: [list, watch, patch]
 # Kopf posts the operator's decisions as Events.
 - apiGroups: [""]
   resources: [events]

@@ -7,8 +7,10 @@ comparison with the live objects (`drift`), and what is deleted and why.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from modelship.operator import bodies, kinds, manifests, naming
 from modelship.operator.bodies import Body
@@ -49,6 +51,31 @@ class Delete:
 
 
 @dataclass(frozen=True)
+class Annotate:
+    """Set (or with None, remove) the mirror annotation of one pod: where it copies requests to."""
+
+    pod: str
+    value: str | None
+    has_annotations: bool = True  # the pod has metadata.annotations (a JSON patch adds into it)
+
+    @property
+    def operations(self) -> list[dict[str, Any]]:
+        """The JSON patch (RFC 6902) that makes the change."""
+        key = naming.ANNOTATION_MIRROR.replace("~", "~0").replace("/", "~1")
+        if self.value is None:
+            return [{"op": "remove", "path": f"/metadata/annotations/{key}"}]
+        if not self.has_annotations:
+            return [
+                {
+                    "op": "add",
+                    "path": "/metadata/annotations",
+                    "value": {naming.ANNOTATION_MIRROR: self.value},
+                }
+            ]
+        return [{"op": "add", "path": f"/metadata/annotations/{key}", "value": self.value}]
+
+
+@dataclass(frozen=True)
 class Decision:
     revision: Revision
     plan: RolloutPlan
@@ -59,6 +86,7 @@ class Decision:
     delete: tuple[Delete, ...] = ()
     route_rules: list[Manifest] | None = None  # the HTTPRoute's new spec.rules, when they change
     route_missing: str | None = None
+    annotate: tuple[Annotate, ...] = ()  # pods whose mirror annotation changes (a shadow step)
 
 
 def rollout_state(md: ModelDeployment) -> RolloutState:
@@ -96,6 +124,7 @@ def decide(
     plan = _plan(md, revision, states, step, applies, target_deployment)
     revision_services = _revision_services(md, ours)
     deletes = [*_retired(revision, ours, states, plan, step), *_stale_services(md, revision_services, step)]
+    annotate = _annotate(ours.pods, step.stable, _mirror(md, step, ours))
     if not any(m["kind"] == kinds.AUTOSCALERS.kind for m in wanted):
         deletes.extend(_unwanted_autoscaler(md, ours))
     route_rules, route_missing = _route(md, route, set(revision_services), step, revision)
@@ -109,6 +138,7 @@ def decide(
         delete=tuple(deletes),
         route_rules=route_rules,
         route_missing=route_missing,
+        annotate=tuple(annotate),
     )
 
 
@@ -175,13 +205,64 @@ def _wanted(
             # Resized only when its size changes: an earlier revision is otherwise left as it is.
             if body is not None and states[rev].spec_replicas != replicas:
                 wanted.append(manifests.resized_deployment(dict(body), replicas))
-    wanted.append(manifests.service(md))
+    wanted.append(manifests.service(md, only=_pinned(step)))
     if md.rollout.http_route is not None:
         wanted.extend(traffic.revision_service(md, rev) for rev in sorted(step.replicas))
+    elif _shadowing(step):
+        assert step.canary is not None
+        wanted.append(traffic.revision_service(md, step.canary))
     hpa = manifests.autoscaler(md, naming.deployment_name(md.name, _serving(revision, step)))
     if hpa is not None:
         wanted.append(hpa)
     return wanted, target_deployment
+
+
+def _shadowing(step: steps.StepResult) -> bool:
+    """The step copies requests to the canary, or will once its pods are ready."""
+    return step.state.mirror > 0 and step.canary is not None and step.abort is None
+
+
+def _pinned(step: steps.StepResult) -> str | None:
+    """The revision the main Service selects alone, or None for every revision's pods.
+
+    A canary that takes no share of the traffic (a shadow step, a rollback, the steps before the
+    first weight) stays out of the Service: its ready pods would otherwise get users' requests.
+    With the selector changed before its pods are ready, none of them ever joins."""
+    if step.canary is None or step.stable is None or step.canary == step.stable or step.weight > 0:
+        return None
+    return step.stable
+
+
+def _mirror(md: ModelDeployment, step: steps.StepResult, ours: Children) -> str | None:
+    """The stable pods' mirror annotation now: the canary's own Service and the share to copy.
+
+    The Service's cluster IP, not its DNS name: no resolver is needed, and it is known as soon as
+    the Service exists (None until then)."""
+    if step.mirror <= 0 or not _shadowing(step):
+        return None
+    assert step.canary is not None
+    service = bodies.by_name(ours.services, naming.deployment_name(md.name, step.canary))
+    address = ((service or {}).get("spec") or {}).get("clusterIP")
+    if not isinstance(address, str) or not address or address == "None":
+        return None
+    host = f"[{address}]" if ":" in address else address
+    wanted = {"url": f"http://{host}:{naming.SERVICE_PORT}", "percent": step.mirror, "revision": step.canary}
+    return json.dumps(wanted, sort_keys=True, separators=(",", ":"))
+
+
+def _annotate(pods: Iterable[Body], stable: str | None, mirror: str | None) -> list[Annotate]:
+    """The pods whose mirror annotation is not what it should be: `mirror` on the stable
+    revision's pods, none on any other."""
+    changes = []
+    for pod in pods:
+        if bodies.being_deleted(pod):
+            continue
+        want = mirror if stable is not None and bodies.revision_of(pod) == stable else None
+        annotations = bodies.meta(pod).get("annotations")
+        have = (annotations or {}).get(naming.ANNOTATION_MIRROR)
+        if have != want:
+            changes.append(Annotate(bodies.name_of(pod), want, annotations is not None))
+    return sorted(changes, key=lambda change: change.pod)
 
 
 def _starting_size(replicas: int | None, size: int, created: bool) -> int | None:
@@ -271,10 +352,12 @@ def _stale_services(
     md: ModelDeployment, revision_services: Mapping[str, Body], step: steps.StepResult
 ) -> list[Delete]:
     routed = md.rollout.http_route is not None
+    shadowed = step.canary if _shadowing(step) else None
     return [
         Delete(kinds.SERVICES.kind, name, bodies.uid_of(body), "its revision no longer takes traffic")
         for name, body in sorted(revision_services.items())
-        if not routed or bodies.revision_of(body) not in step.replicas
+        if (not routed or bodies.revision_of(body) not in step.replicas)
+        and bodies.revision_of(body) != shadowed
     ]
 
 

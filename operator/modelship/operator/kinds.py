@@ -67,7 +67,7 @@ class ChildKind:
 
 
 # The children of a ModelDeployment, labelled by the operator and watched by it. Pods are
-# read (their failures are the status), never written.
+# read (their failures are the status); of a pod, only its mirror annotation is ever written.
 CHILDREN: tuple[ChildKind, ...] = (
     ChildKind(DEPLOYMENTS, "deployments"),
     ChildKind(SERVICES, "services"),

@@ -78,6 +78,7 @@ def _env(md: ModelDeployment) -> list[dict[str, Any]]:
             "MODELSHIP_AUTH_TOKEN_FILE",
             f"{naming.AUTH_MOUNT_DIR}/token" if md.server.auth_secret else None,
         ),
+        ("MODELSHIP_MIRROR_FILE", naming.MIRROR_FILE),
     ]
     env = [{"name": name, "value": str(value)} for name, value in values if value is not None]
     return env + [dict(item) for item in md.placement.env]
@@ -85,9 +86,16 @@ def _env(md: ModelDeployment) -> list[dict[str, Any]]:
 
 def _volumes(md: ModelDeployment) -> tuple[list[Manifest], list[Manifest], list[Manifest]]:
     """(volumes, mounts of the init container, mounts of the server container)."""
+    # Every revision has the podinfo volume: a revision that serves may be asked to copy requests
+    # to a later one's shadow step, and adding the volume then would restart its pods.
+    mirror = f"metadata.annotations['{naming.ANNOTATION_MIRROR}']"
     volumes: list[Manifest] = [
         {"name": "model-cache", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
+        {
+            "name": "podinfo",
+            "downwardAPI": {"items": [{"path": "mirror", "fieldRef": {"fieldPath": mirror}}]},
+        },
     ]
     init_mounts: list[Manifest] = [
         {"name": "model-cache", "mountPath": naming.CACHE_DIR},
@@ -97,6 +105,7 @@ def _volumes(md: ModelDeployment) -> tuple[list[Manifest], list[Manifest], list[
     server_mounts: list[Manifest] = [
         {"name": "model-cache", "mountPath": naming.CACHE_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "podinfo", "mountPath": naming.PODINFO_MOUNT_DIR, "readOnly": True},
     ]
     pvc = md.model.pvc
     if pvc is not None:
@@ -292,8 +301,12 @@ def owned_metadata(md: ModelDeployment, name: str, labels: Mapping[str, str] | N
     }
 
 
-def service(md: ModelDeployment) -> Manifest:
-    """One Service per ModelDeployment, in front of every serving revision."""
+def service(md: ModelDeployment, only: str | None = None) -> Manifest:
+    """One Service per ModelDeployment, in front of every serving revision; with `only`, in front
+    of that revision's pods alone (a canary that has pods but no share of the traffic)."""
+    selector = naming.selector_labels(md.name)
+    if only is not None:
+        selector[naming.LABEL_REVISION] = only
     return _stamp(
         {
             "apiVersion": "v1",
@@ -301,7 +314,7 @@ def service(md: ModelDeployment) -> Manifest:
             "metadata": owned_metadata(md, md.name),
             "spec": {
                 "type": "ClusterIP",
-                "selector": naming.selector_labels(md.name),
+                "selector": selector,
                 "ports": [
                     {"name": "http", "port": naming.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
                 ],

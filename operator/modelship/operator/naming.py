@@ -35,6 +35,12 @@ ANNOTATION_APPLIED: Final = f"{GROUP}/applied-hash"
 # `<verb>@<nonce>`: a manual rollout action (promote, promote-full, abort, retry); see canary.
 ANNOTATION_ACTION: Final = f"{GROUP}/action"
 
+# On a stable revision's pods during a shadow step: where to copy requests to, and how many (JSON).
+# A downwardAPI volume projects it into MIRROR_FILE, which the server re-reads every second: the
+# kubelet rewrites the file on the pod update, with no restart (a ConfigMap volume would wait for
+# the kubelet's periodic sync, about a minute; reading the API would need a token in every pod).
+ANNOTATION_MIRROR: Final = f"{GROUP}/mirror"
+
 # Length of the revision hash: short enough that `<md>-<revision>` stays a DNS label.
 REVISION_LENGTH: Final = 10
 MAX_NAME_LENGTH: Final = 63 - REVISION_LENGTH - 1
@@ -47,6 +53,8 @@ SERVER_UID: Final = 65532
 CACHE_DIR: Final = "/models"
 PVC_MOUNT_DIR: Final = "/mnt/model-pvc"
 AUTH_MOUNT_DIR: Final = "/var/run/modelship/auth"
+PODINFO_MOUNT_DIR: Final = "/etc/modelship/podinfo"
+MIRROR_FILE: Final = f"{PODINFO_MOUNT_DIR}/mirror"
 TERMINATION_LOG: Final = "/dev/termination-log"
 
 # The one variable the operator reads back from a revision's pod template (the served name).

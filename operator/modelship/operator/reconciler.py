@@ -23,7 +23,7 @@ from modelship.operator import status as status_
 from modelship.operator.bodies import Body
 from modelship.operator.children import Children, unschedulable_message
 from modelship.operator.config import OperatorConfig
-from modelship.operator.decisions import Apply, Decision, Delete, decide, measurement_due
+from modelship.operator.decisions import Annotate, Apply, Decision, Delete, decide, measurement_due
 from modelship.operator.drift import Difference
 from modelship.operator.expectations import Expectations
 from modelship.operator.kinds import ResourceKind
@@ -188,6 +188,8 @@ class Reconciler:
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # Transient: the queue retries the whole reconcile after a backoff
+        # After the children: the annotation names the canary's Service, which exists by now.
+        await asyncio.gather(*(self._annotate(md, change, errors, tally) for change in decision.annotate))
         if decision.route_missing is not None:
             errors.append(decision.route_missing)
         elif route is not None and decision.route_rules is not None:
@@ -220,6 +222,24 @@ class Reconciler:
             return
         tally.writes += 1
         tally.actions.append(f"route {md.rollout.http_route}")
+
+    async def _annotate(
+        self, md: spec.ModelDeployment, change: Annotate, errors: list[str], tally: Tally
+    ) -> None:
+        """Tell one pod where to copy requests to (a shadow step), or to stop: its server reads the
+        annotation from a downwardAPI file within seconds, and the pod is not restarted."""
+        try:
+            await self._writer.patch_json(kinds.PODS, md.namespace, change.pod, change.operations)
+        except kube.Transient:
+            raise
+        except kube.ApiError as exc:
+            # 422: the pod changed under the patch (its annotations went or came); the pod's own
+            # watch event brings another reconcile, which decides again.
+            if exc.status != 422:
+                errors.append(f"Pod {change.pod}: {exc.message}")
+            return
+        tally.writes += 1
+        tally.actions.append(f"{'mirror on' if change.value is not None else 'mirror off'} pod/{change.pod}")
 
     async def _clear_action(self, md: spec.ModelDeployment, decision: Decision, tally: Tally) -> None:
         """Remove the modelship.io/action annotation once status shows it was handled.

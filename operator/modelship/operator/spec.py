@@ -95,11 +95,13 @@ STRATEGY_RECREATE = "Recreate"
 
 @dataclass(frozen=True)
 class Step:
-    """One canary step: exactly one of the three is set (the CRD checks it)."""
+    """One canary step: exactly one of the four is set (the CRD checks it). A shadow step sets
+    `shadow` (the percent of requests copied) and `pause` (its duration, math.inf: until promoted)."""
 
     set_weight: int | None = None
     pause: float | None = None  # seconds; math.inf waits for a manual promote
     analysis: bool = False
+    shadow: int | None = None  # percent of the stable revision's requests copied to the canary
 
     def describe(self) -> str:
         """The step as a user would say it; status, events and the kubectl plugin all show this."""
@@ -107,6 +109,10 @@ class Step:
             return f"setWeight: {self.set_weight}%"
         if self.analysis:
             return "analysis"
+        if self.shadow is not None:
+            if self.pause is None or self.pause == float("inf"):
+                return f"shadow: {self.shadow}% until promoted"
+            return f"shadow: {self.shadow}% for {format_duration(self.pause)}"
         if self.pause is None or self.pause == float("inf"):
             return "pause: until promoted"
         return f"pause: {format_duration(self.pause)}"
@@ -133,13 +139,24 @@ def parse_step(item: Any, index: int = 0) -> Step:
     if "analysis" in item:
         return Step(analysis=True)
     if "pause" in item:
-        duration = (item.get("pause") or {}).get("duration")
-        try:
-            seconds = float("inf") if duration is None else parse_duration(duration)
-        except ValueError as exc:
-            raise SpecError(f"spec.rollout.canary.steps[{index}].pause.duration: {exc}") from None
-        return Step(pause=seconds)
-    raise SpecError(f"spec.rollout.canary.steps[{index}] must be one of setWeight, pause or analysis")
+        return Step(pause=_step_duration(item.get("pause"), f"spec.rollout.canary.steps[{index}].pause"))
+    if "shadow" in item:
+        shadow = item.get("shadow") or {}
+        path = f"spec.rollout.canary.steps[{index}].shadow"
+        percent = shadow.get("percent")
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100:
+            raise SpecError(f"{path}.percent must be a whole percentage from 1 to 100, not {percent!r}")
+        return Step(shadow=percent, pause=_step_duration(shadow, path))
+    raise SpecError(f"spec.rollout.canary.steps[{index}] must be one of setWeight, pause, analysis or shadow")
+
+
+def _step_duration(raw: Any, path: str) -> float:
+    """A step's `duration` in seconds; none is math.inf (until promoted)."""
+    duration = (raw or {}).get("duration") if isinstance(raw, Mapping) else None
+    try:
+        return float("inf") if duration is None else parse_duration(duration)
+    except ValueError as exc:
+        raise SpecError(f"{path}.duration: {exc}") from None
 
 
 def _steps(raw: Any) -> tuple[Step, ...]:

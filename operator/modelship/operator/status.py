@@ -225,7 +225,8 @@ def _progress_note(md: ModelDeployment, outcome: StepResult) -> str:
     steps = len(md.rollout.steps)
     step = min(outcome.state.step + 1, steps)
     where = f"step {step}/{steps}" if outcome.state.step < steps else "all steps done"
-    return f" ({where}, canary weight {outcome.weight}%)"
+    shadow = f", shadow {outcome.state.mirror}%" if outcome.state.mirror else ""
+    return f" ({where}, canary weight {outcome.weight}%{shadow})"
 
 
 def traffic(
@@ -249,6 +250,8 @@ def traffic(
         )
     else:
         seen = "not measured yet (the canary's share is measured with its analysis)"
+    if outcome.abort is None and outcome.weight == 0 and md.rollout.http_route is None:
+        return {"replicaWeight": 0, "traffic": _no_share(outcome)}
     if md.rollout.http_route is not None:
         return {
             "actualWeight": measured if measured is not None else outcome.weight,
@@ -269,6 +272,18 @@ def traffic(
     if measured is not None:
         out["actualWeight"] = measured
     return out
+
+
+def _no_share(outcome: StepResult) -> str:
+    """A canary at weight 0 is out of the Service: what it gets, if anything."""
+    mirror = outcome.state.mirror
+    if not mirror:
+        return "every request goes to the stable revision (the canary's weight is 0)"
+    when = "" if outcome.mirror else ", once a canary pod is ready"
+    return (
+        f"shadow: users get only the stable revision's answers; its pods copy {mirror}% of their "
+        f"requests to the canary{when}"
+    )
 
 
 def rollout_status(

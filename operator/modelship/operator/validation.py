@@ -222,12 +222,18 @@ def check_rollout(rollout: Mapping[str, Any]) -> None:
     for index, step in enumerate(canary.get("steps") or ()):
         path = f"spec.rollout.canary.steps[{index}]"
         step = step if isinstance(step, Mapping) else {}
-        if sum(key in step for key in ("setWeight", "pause", "analysis")) != 1:
-            _fail(path, "each step is exactly one of setWeight, pause or analysis")
+        if sum(key in step for key in ("setWeight", "pause", "analysis", "shadow")) != 1:
+            _fail(path, "each step is exactly one of setWeight, pause, analysis or shadow")
         _int(step, "setWeight", path, 0, 100)
-        pause = step.get("pause")
-        if isinstance(pause, Mapping) and pause.get("duration") is not None:
-            _duration(pause["duration"], f"{path}.pause.duration", minimum=0)
+        for key in ("pause", "shadow"):
+            timed = step.get(key)
+            if isinstance(timed, Mapping) and timed.get("duration") is not None:
+                _duration(timed["duration"], f"{path}.{key}.duration", minimum=0)
+        shadow = step.get("shadow")
+        if shadow is not None:
+            if not isinstance(shadow, Mapping) or "percent" not in shadow:
+                _fail(f"{path}.shadow.percent", "is required")
+            _int(shadow, "percent", f"{path}.shadow", 1, 100)
     gateway = (canary.get("trafficRouting") or {}).get("gatewayAPI")
     if gateway is not None and not (isinstance(gateway, Mapping) and gateway.get("httpRoute")):
         _fail("spec.rollout.canary.trafficRouting.gatewayAPI.httpRoute", "is required")
@@ -258,6 +264,18 @@ def _check_analysis(analysis: Mapping[str, Any]) -> None:
     drift = analysis.get("predictionDrift")
     if drift is not None:
         _check_prediction_drift(drift, f"{path}.predictionDrift")
+    agreement = analysis.get("agreement")
+    if agreement is not None:
+        _check_agreement(agreement, f"{path}.agreement")
+
+
+def _check_agreement(agreement: Any, path: str) -> None:
+    if not isinstance(agreement, Mapping):
+        _fail(path, "must be an object with min")
+    low = agreement.get("min")
+    if isinstance(low, bool) or not isinstance(low, int | float) or not 0 <= low <= 1:
+        _fail(f"{path}.min", f"{low!r} is not a share between 0 and 1")
+    _int(agreement, "minRequests", path, 0)
 
 
 def _check_prediction_drift(drift: Any, path: str) -> None:

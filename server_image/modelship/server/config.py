@@ -62,6 +62,12 @@ class Settings:
     body_timeout_seconds: float = 60.0
     idle_timeout_seconds: float = 30.0
     prediction_outputs: int = DEFAULT_PREDICTION_OUTPUTS
+    mirror_file: str = ""
+    mirror_poll_seconds: float = 1.0
+    mirror_queue: int = 64
+    mirror_queue_bytes: int = 16 << 20
+    mirror_concurrency: int = 4
+    mirror_timeout_seconds: float = 5.0
     log_level: str = "info"
     command: str = "serve"
 
@@ -187,6 +193,28 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
         "outputs (the first that are labels, class scores or one number a row) whose predictions are "
         "counted in modelship_predictions_total; 0: none",
     ),
+    (
+        "mirror_file",
+        "MIRROR_FILE",
+        str,
+        "file naming the canary that a share of inference requests is mirrored to (mirror.py), "
+        "re-read while serving; empty or absent: no mirroring",
+    ),
+    ("mirror_poll_seconds", "MIRROR_POLL_SECONDS", float, "how often the mirror file is read"),
+    ("mirror_queue", "MIRROR_QUEUE", int, "mirrored requests waiting to be sent; more are dropped"),
+    (
+        "mirror_queue_bytes",
+        "MIRROR_QUEUE_BYTES",
+        int,
+        "bytes (bodies and our outputs) the mirrored requests not yet judged may hold; more are dropped",
+    ),
+    ("mirror_concurrency", "MIRROR_CONCURRENCY", int, "mirrored requests sent at once"),
+    (
+        "mirror_timeout_seconds",
+        "MIRROR_TIMEOUT_SECONDS",
+        float,
+        "longest a canary may take to answer a mirrored request (then it counts as an error)",
+    ),
     ("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
 )
 
@@ -299,10 +327,19 @@ def _check(s: Settings) -> None:
             "max_request_memory_bytes must be positive and at most max_inflight_memory_bytes, got "
             f"{s.max_request_memory_bytes} and {s.max_inflight_memory_bytes}"
         )
-    for name in ("header_timeout_seconds", "body_timeout_seconds", "idle_timeout_seconds"):
+    for name in (
+        "header_timeout_seconds",
+        "body_timeout_seconds",
+        "idle_timeout_seconds",
+        "mirror_poll_seconds",
+        "mirror_timeout_seconds",
+    ):
         if not getattr(s, name) > 0:  # NaN too
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     if s.prediction_outputs < 0:
         raise ConfigError(f"prediction_outputs must not be negative, got {s.prediction_outputs}")
+    for name in ("mirror_queue", "mirror_queue_bytes", "mirror_concurrency"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(s, name)}")
     if s.log_level not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")

@@ -21,7 +21,7 @@ import orjson
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from modelship.server import compression, estimate, protocol
-from modelship.server.batching import Runner
+from modelship.server.batching import Results, Runner
 from modelship.server.errors import CLIENT_CLOSED, RequestError
 from modelship.server.memory import Reservation
 from modelship.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -102,6 +102,7 @@ class Endpoints:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.settings = state.settings
+        self.mirror = state.mirror
 
     # -----------------------------------------------------------------------------------------
     # what several routes check
@@ -138,8 +139,9 @@ class Endpoints:
     def draining(self) -> bool:
         return self.state.phase is Phase.DRAINING
 
-    async def read_body(self, request: Request, reservation: Reservation) -> bytes:
-        """The body, within the size limit, the memory budget and the body timeout; decompressed.
+    async def read_body(self, request: Request, reservation: Reservation) -> tuple[bytes, bytes]:
+        """The body as it came (what a mirrored request forwards), and decompressed (the same object when
+        it came uncompressed); within the size limit, the memory budget and the body timeout.
 
         A client that goes away mid-body is a 499 (nginx's code: the client's doing, not the server's),
         one too slow a 408. The timeout is a bare timer that cancels this task, not asyncio.timeout,
@@ -171,7 +173,7 @@ class Endpoints:
             timer.cancel()
         encoding = request.headers.get("content-encoding")
         if encoding is None or encoding.strip().lower() in ("", "identity"):
-            return body
+            return body, body
         encoding = encoding.strip().lower()
         if encoding not in compression.ENCODINGS:
             raise RequestError(
@@ -181,7 +183,7 @@ class Endpoints:
         limit = min(settings.max_request_bytes, self.state.memory.per_request - reservation.size)
         data = await self.offload(len(body), compression.decompress, body, encoding, limit)
         reservation.need(len(body) + 2 * len(data), f"a body that inflates to {len(data)} bytes")
-        return data
+        return body, data
 
     async def _receive_body(self, request: Request, reservation: Reservation) -> bytes:
         max_body = self.settings.max_request_bytes
@@ -249,8 +251,11 @@ class Endpoints:
     async def _infer_within(
         self, request: Request, v1: bool, runtime: ModelRuntime, runner: Runner, reservation: Reservation
     ) -> Response:
-        settings = self.settings
-        body = await self.read_body(request, reservation)
+        received, body = await self.read_body(request, reservation)
+        # Only a request the mirror samples keeps its body (as it came) past the decoding: a reference.
+        mirror = self.mirror
+        mirrored = received if mirror.target is not None and mirror.sample(request.headers) else None
+        del received
         header_length = None if v1 else request.headers.get(protocol.HEADER_LENGTH)
         await reservation.grow(estimate.decoding_bytes(body, header_length, v1), "decoding the request")
         if v1:
@@ -262,10 +267,14 @@ class Endpoints:
                 len(body), protocol.decode_infer_request, body, header_length, runtime.signature
             )
             feeds, rows, wanted, request_id = req.feeds, req.rows, req.outputs, req.id
-        # A binary body stays alive under its inputs (they are views of it); a JSON one is done with.
-        held = len(body) if header_length is not None else 0
+        # A binary body stays alive under its inputs (they are views of it); a JSON one is done with,
+        # unless the mirror keeps it.
+        views = header_length is not None
+        held = len(body) if views else 0
+        if mirrored is not None and not (views and mirrored is body):
+            held += len(mirrored)
         del body
-        inputs = estimate.inputs_bytes(feeds, views=held > 0, batched=self.state.batching)
+        inputs = estimate.inputs_bytes(feeds, views=views, batched=self.state.batching)
         outputs = estimate.estimate_output_bytes(runtime.signature, feeds)
         if outputs is None:
             await reservation.grow(held + inputs, "the decoded inputs")
@@ -289,6 +298,22 @@ class Endpoints:
                 else estimate.encoded_response_bytes(results, wanted, request_id)
             )
         reservation.need(held + outputs_size + response_size, "the response to this request")
+        response = await self._encode(results, wanted, request_id, response_size, runtime, reservation)
+        if mirrored is not None:
+            self.mirror.offer(v1, mirrored, request.headers, results, runtime.signature.output_names)
+        return response
+
+    async def _encode(
+        self,
+        results: Results,
+        wanted: tuple[protocol.RequestedOutput, ...] | None,
+        request_id: str | None,
+        response_size: int,
+        runtime: ModelRuntime,
+        reservation: Reservation,
+    ) -> Response:
+        """The response to a request that `results` answer: V1 when `wanted` is None, else V2."""
+        settings = self.settings
         if wanted is None:
             payload = await self.offload(
                 response_size, encode_v1_response, results, runtime.signature.output_names

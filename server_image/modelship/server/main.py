@@ -509,6 +509,8 @@ async def serve(settings: Settings) -> tuple[int, bool]:
 
     threading.Thread(target=load, name="model-loader", daemon=True).start()
     try:
+        # Mirrors nothing until the model serves requests; follows its file from now on.
+        state.mirror.start()
         # A port it cannot listen on makes uvicorn leave with SystemExit(3) from in here: that failure has
         # no termination message of ours, the kubelet shows the log's last lines (FallbackToLogsOnError).
         await server.serve()

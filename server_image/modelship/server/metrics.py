@@ -3,6 +3,8 @@ autoscaling query them, so they change only together with those queries."""
 
 from __future__ import annotations
 
+import enum
+
 from modelship.server.predictions import Predictions
 from prometheus_client import (
     CollectorRegistry,
@@ -19,9 +21,22 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Canaries mirrored to over the process's life that get series of their own (one a rollout); later ones
+# share the target OTHER_TARGET, so that a long-lived stable pod's series stay bounded.
+MAX_MIRROR_TARGETS = 8
+OTHER_TARGET = "other"
 
 # The `_created` series double the output and nothing we know of queries them.
 disable_created_metrics()
+
+
+class MirrorResult(enum.StrEnum):
+    """What became of a mirrored request (mirror.py): the `result` label of modelship_mirror_requests."""
+
+    AGREE = "agree"
+    DISAGREE = "disagree"
+    ERROR = "error"  # the canary answered other than 200, or not in time, or not at all
+    DROPPED = "dropped"  # never sent: the mirror's queue was full, or the server stopped first
 
 
 class Metrics:
@@ -87,6 +102,27 @@ class Metrics:
         self.predictions = Predictions(
             lambda output, name: self._predictions.labels(*self._labels, output, name)
         )
+        # Shadow traffic (mirror.py): how a canary's answers to mirrored requests compare with ours.
+        self._mirror_requests = Counter(
+            "modelship_mirror_requests",
+            "Inference requests mirrored to a canary revision (target), by how its answer compared "
+            "with this server's: agree, disagree, error (not 200, timeout, unreachable) or dropped.",
+            [*LABELS, "target", "result"],
+            registry=r,
+        )
+        self._mirror_duration = Histogram(
+            "modelship_mirror_duration_seconds",
+            "Time a canary took to answer a mirrored request, as this server saw it (sent to answered).",
+            [*LABELS, "target"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.mirror_pending = self._gauge(
+            "modelship_mirror_pending_requests",
+            "Mirrored requests queued, or being sent and compared (at most MODELSHIP_MIRROR_QUEUE + "
+            "MODELSHIP_MIRROR_CONCURRENCY): whether the mirror keeps up.",
+        )
+        self._mirror_series: dict[str, MirrorSeries] = {}
         ProcessCollector(registry=r)
         self._by_code: dict[int, Counter] = {}
 
@@ -106,9 +142,40 @@ class Metrics:
             child = self._by_code[code] = self._requests.labels(*self._labels, str(code))
         child.inc()
 
+    def mirror_series(self, target: str) -> MirrorSeries:
+        """The series of a mirror target, made (at zero) the first time it is asked for; past
+        MAX_MIRROR_TARGETS targets, those of OTHER_TARGET."""
+        series = self._mirror_series.get(target)
+        if series is not None:
+            return series
+        if len(self._mirror_series.keys() - {OTHER_TARGET}) >= MAX_MIRROR_TARGETS:
+            target = OTHER_TARGET
+            series = self._mirror_series.get(target)
+            if series is not None:
+                return series
+        series = self._mirror_series[target] = MirrorSeries(
+            {
+                result: self._mirror_requests.labels(*self._labels, target, result.value)
+                for result in MirrorResult
+            },
+            self._mirror_duration.labels(*self._labels, target),
+        )
+        return series
+
     def model_loaded(self, sha256: str, seconds: float) -> None:
         self.model_load_seconds.set(seconds)
         self._model_info.labels(*self._labels, sha256).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class MirrorSeries:
+    """The series of one mirror target: a counter per result, and the canary's answer times."""
+
+    def __init__(self, results: dict[MirrorResult, Counter], duration: Histogram) -> None:
+        self._results = results
+        self.duration = duration
+
+    def count(self, result: MirrorResult) -> None:
+        self._results[result].inc()

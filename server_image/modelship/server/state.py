@@ -1,4 +1,5 @@
-"""What the routes share: settings, metrics, the loaded model and its runner, and the server's phase."""
+"""What the routes share: settings, metrics, the loaded model and its runner, the mirror, and the server's
+phase."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from modelship.server.config import Settings
 from modelship.server.errors import ModelLoadError
 from modelship.server.memory import MemoryBudget
 from modelship.server.metrics import Metrics
+from modelship.server.mirror import Mirror
 from modelship.server.runtime import ModelRuntime
 
 
@@ -44,6 +46,8 @@ class ServerState:
         # Large bodies are decoded and large responses encoded here, off the event loop; as many threads
         # as onnxruntime's, since the two share the pod's CPUs (the memory budget bounds what waits).
         self.codec = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="codec")
+        # Shadow traffic to a canary, when the mirror file names one (started by main.serve).
+        self.mirror = Mirror(settings, self.metrics, self.codec)
 
     def attach(self, runtime: ModelRuntime, load_seconds: float) -> None:
         """Serve this model from now on (called on the event loop, once it is loaded and warm)."""
@@ -74,6 +78,7 @@ class ServerState:
 
     def begin_drain(self) -> None:
         self.phase = Phase.DRAINING
+        self.mirror.stop_enqueueing()
 
     def request_started(self) -> None:
         self.inflight += 1
@@ -84,6 +89,7 @@ class ServerState:
         self.metrics.inflight.dec()
 
     async def close(self) -> None:
+        await self.mirror.close()
         if self.runner is not None:
             await self.runner.close()
         if self.executor is not None:

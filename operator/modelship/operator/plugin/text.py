@@ -265,6 +265,9 @@ def format_rollout(md: Mapping[str, Any], *, now: datetime) -> str:
     weight = _weight(rollout)
     if weight is not None:
         lines.append(_field("Weight", weight))
+    if rollout.get("mirror"):
+        copied = f"{_text(rollout['mirror'])}% of the stable revision's requests copied"
+        lines.append(_field("Shadow", copied))
     if rollout.get("traffic"):
         lines.append(_field("Traffic", str(rollout["traffic"])))
     if rollout.get("paused") or rollout.get("pauseReason"):

@@ -16,6 +16,12 @@ revisions counted is compared, and the largest distance counts. Chosen over PSI 
 stability index) because it is symmetric (neither revision has to be the reference), bounded (one
 `max` reads the same for every model) and defined when a bin is empty on one side, where PSI divides
 by zero and needs a made-up floor; a canary that stops predicting a class is the very drift to catch.
+
+Agreement (`agreement`) judges a shadow step, where the stable revision's pods copy a share of their
+requests to the canary and compare each pair of answers themselves (`modelship_mirror_requests_total`
+by result): the share of compared answers that agreed. Pair by pair, it sees a wrong model sooner
+than a distance between distributions does (a permutation of two equally common classes keeps the
+distribution and fails every pair).
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ _SEVERITY = {Result.PASS: 0, Result.INCONCLUSIVE: 1, Result.FAIL: 2}
 SUCCESS_RATE = "success-rate"
 LATENCY_P99 = "latency-p99"
 PREDICTION_DRIFT = "prediction-drift"
-BUILT_IN = frozenset({SUCCESS_RATE, LATENCY_P99, PREDICTION_DRIFT})
+AGREEMENT = "agreement"
+BUILT_IN = frozenset({SUCCESS_RATE, LATENCY_P99, PREDICTION_DRIFT, AGREEMENT})
 PLACEHOLDERS = frozenset({"namespace", "name", "revision", "window"})
 
 # rate() needs at least two samples in its window, so a window must span a few scrape intervals:
@@ -80,6 +87,17 @@ LATENCY_P99_QUERY = (
 # One revision's predictions in the window by output and bin; asked once for each revision.
 PREDICTIONS_QUERY = (
     f"sum by (output, bin) (increase(modelship_predictions_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+)
+
+# Copies of the stable revision's requests that the canary answered (a shadow step), counted by the
+# stable pods that sent them, which label them with the canary's revision as `target`.
+_MIRRORED = 'namespace="{{namespace}}",target="{{revision}}"'
+COMPARED_QUERY = (
+    f'sum(increase(modelship_mirror_requests_total{{{_MIRRORED},result=~"agree|disagree"}}[{{{{window}}}}]))'
+)
+AGREED_QUERY = (
+    f'sum(increase(modelship_mirror_requests_total{{{_MIRRORED},result="agree"}}[{{{{window}}}}]))'
+    " or vector(0)"
 )
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
@@ -117,6 +135,14 @@ class PredictionDrift:
 
 
 @dataclass(frozen=True)
+class Agreement:
+    """`agreement`: during a shadow step, the share of copied requests the canary answered alike."""
+
+    min: float  # the lowest share of agreeing answers that passes
+    min_requests: int = 50  # compared answers needed in a window
+
+
+@dataclass(frozen=True)
 class AnalysisSettings:
     prometheus_url: str | None = None  # None: the operator's MODELSHIP_PROMETHEUS_URL
     interval: float = 30.0  # seconds between measurements
@@ -127,6 +153,7 @@ class AnalysisSettings:
     max_latency_p99: float | None = None  # seconds
     queries: tuple[Query, ...] = ()
     prediction_drift: PredictionDrift | None = None
+    agreement: Agreement | None = None
 
     @property
     def window(self) -> str:
@@ -164,6 +191,7 @@ def parse_settings(mapping: Mapping[str, Any] | None) -> AnalysisSettings:
         max_latency_p99=latency,
         queries=_queries(raw.get("queries")),
         prediction_drift=_prediction_drift(raw.get("predictionDrift")),
+        agreement=_agreement(raw.get("agreement")),
     )
 
 
@@ -209,6 +237,20 @@ def _prediction_drift(raw: Any) -> PredictionDrift | None:
         max=high,
         min_requests=_integer(raw, "minRequests", PredictionDrift.min_requests, minimum=0, where=where),
         output=output,
+    )
+
+
+def _agreement(raw: Any) -> Agreement | None:
+    if raw is None:
+        return None
+    where = "agreement."
+    if not isinstance(raw, Mapping):
+        raise AnalysisSpecError("agreement must be an object with min")
+    low = _number(raw, "min", None, where=where)
+    if low is None or not 0 <= low <= 1:
+        raise AnalysisSpecError(f"{where}min must be between 0 and 1, got {raw.get('min')!r}")
+    return Agreement(
+        min=low, min_requests=_integer(raw, "minRequests", Agreement.min_requests, minimum=0, where=where)
     )
 
 
@@ -318,6 +360,20 @@ class DriftCheck:
 
 
 @dataclass(frozen=True)
+class AgreementCheck:
+    """The agreement check of one measurement: the answers compared, and those that agreed."""
+
+    compared: str  # the query of the copied requests the canary answered and the stable pods compared
+    agreed: str  # the query of those that agreed
+    min: float
+    min_compared: int
+
+    @property
+    def bound(self) -> Check:
+        return Check(AGREEMENT, self.agreed, min=self.min)
+
+
+@dataclass(frozen=True)
 class Plan:
     """Every query of one measurement of one revision."""
 
@@ -328,11 +384,19 @@ class Plan:
     checks: tuple[Check, ...]
     traffic: str | None = None  # the query of the requests to both revisions; None: no stable one
     drift: DriftCheck | None = None  # None: not asked for, or no stable revision to compare with
+    agreement: AgreementCheck | None = None  # None: not asked for, or no shadow step copies requests
 
 
 def plan(
-    settings: AnalysisSettings, *, namespace: str, name: str, revision: str, stable: str | None = None
+    settings: AnalysisSettings,
+    *,
+    namespace: str,
+    name: str,
+    revision: str,
+    stable: str | None = None,
+    mirrored: bool = False,
 ) -> Plan:
+    """`mirrored`: the stable revision's pods copy requests to this one now (a shadow step)."""
     window = settings.window
 
     def fill(template: str) -> str:
@@ -343,6 +407,7 @@ def plan(
         checks.append(Check(LATENCY_P99, fill(LATENCY_P99_QUERY), max=settings.max_latency_p99, unit="s"))
     checks += [Check(q.name, fill(q.query), min=q.min, max=q.max) for q in settings.queries]
     drift = settings.prediction_drift
+    agreement = settings.agreement
     return Plan(
         revision=revision,
         window=window,
@@ -360,6 +425,14 @@ def plan(
             output=drift.output,
         )
         if drift is not None and stable
+        else None,
+        agreement=AgreementCheck(
+            compared=fill(COMPARED_QUERY),
+            agreed=fill(AGREED_QUERY),
+            min=agreement.min,
+            min_compared=agreement.min_requests,
+        )
+        if agreement is not None and stable and mirrored
         else None,
     )
 
@@ -398,6 +471,14 @@ class Predictions:
 
     canary: VectorSample
     stable: VectorSample
+
+
+@dataclass(frozen=True)
+class Compared:
+    """The answers to the two queries of an AgreementCheck."""
+
+    compared: Sample
+    agreed: Sample
 
 
 @dataclass(frozen=True)
@@ -470,20 +551,26 @@ def evaluate(
     samples: Sequence[Sample],
     traffic: Sample | None = None,
     predictions: Predictions | None = None,
+    compared: Compared | None = None,
 ) -> Measurement:
     """Judge one measurement: `samples` are the values of `plan.checks`, in order; `traffic` the
     answer to `plan.traffic` (requests to both revisions), which only informs, never judges;
-    `predictions` the answers to `plan.drift`, given when the plan has one and only then."""
+    `predictions` the answers to `plan.drift` and `compared` those to `plan.agreement`, each given
+    when the plan has its check and only then."""
     if len(samples) != len(plan.checks):
         raise ValueError(f"{len(plan.checks)} checks but {len(samples)} samples")
     if (plan.drift is None) != (predictions is None):
         raise ValueError("predictions go with a plan's prediction-drift check, and only with one")
+    if (plan.agreement is None) != (compared is None):
+        raise ValueError("compared answers go with a plan's agreement check, and only with one")
     count = None if requests.error else (requests.value or 0.0)
     total = None if traffic is None or traffic.error else (traffic.value or 0.0)
     enough = count is not None and count >= plan.min_requests
     judged = [_judge(check, sample, enough) for check, sample in zip(plan.checks, samples, strict=True)]
     if plan.drift is not None and predictions is not None:
         judged.append(_judge_drift(plan.drift, predictions, plan.window, enough))
+    if plan.agreement is not None and compared is not None:
+        judged.append(_judge_agreement(plan.agreement, compared, plan.window, enough))
     context = f"revision {plan.revision}"
     share = share_of(count, total)
     if count is not None and share is not None and total is not None:
@@ -512,6 +599,26 @@ def _judge_drift(check: DriftCheck, predictions: Predictions, window: str, enoug
     drift = compare_predictions(check, predictions.canary.series, predictions.stable.series, window)
     result = drift.result if enough else Result.INCONCLUSIVE
     return _Judged(CheckResult(PREDICTION_DRIFT, drift.value, threshold, result), drift.explanation)
+
+
+def _judge_agreement(check: AgreementCheck, compared: Compared, window: str, enough: bool) -> _Judged:
+    """Agreed over compared; too few compared answers (the canary's errors and timeouts are not
+    compared: success rate judges those) are inconclusive, whatever the share."""
+    bound = check.bound
+    errors = tuple(dict.fromkeys(e for e in (compared.compared.error, compared.agreed.error) if e))
+    if errors:
+        return _Judged(CheckResult(AGREEMENT, None, bound.threshold, Result.INCONCLUSIVE), None, errors)
+    count, agreed = compared.compared.value or 0.0, compared.agreed.value or 0.0
+    if count <= 0 or count < check.min_compared:
+        said = "no answers compared" if count <= 0 else f"{_format_count(count)} answers compared"
+        floor = f", fewer than minRequests {check.min_compared}" if count > 0 else ""
+        explanation = f"{AGREEMENT}: {said} in {window}{floor}"
+        return _Judged(CheckResult(AGREEMENT, None, bound.threshold, Result.INCONCLUSIVE), explanation)
+    # increase() extrapolates each series on its own: the part can exceed the whole a little.
+    share = min(1.0, agreed / count)
+    result = bound.judge(share) if enough else Result.INCONCLUSIVE
+    explanation = f"{bound.explain(share)} ({_format_count(agreed)} of {_format_count(count)} answers alike)"
+    return _Judged(CheckResult(AGREEMENT, share, bound.threshold, result), explanation)
 
 
 def _headline(plan: Plan, judged: Sequence[_Judged], requests: Sample, total: float | None) -> str:
@@ -736,16 +843,25 @@ async def measure(
     revision: str,
     *,
     stable: str | None = None,
+    mirrored: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Measurement:
     """Measure one revision now (and, with `stable`, its share of the model's requests and its
-    predictions against the stable revision's): every query at once, judged by `evaluate`. Never raises."""
-    planned = plan(settings, namespace=namespace, name=name, revision=revision, stable=stable)
+    predictions against the stable revision's; `mirrored`, its answers to copied requests against
+    the stable revision's): every query at once, judged by `evaluate`. Never raises."""
+    planned = plan(
+        settings, namespace=namespace, name=name, revision=revision, stable=stable, mirrored=mirrored
+    )
     if not prometheus_url:
         missing, nothing = Sample(error=NO_PROMETHEUS), VectorSample(error=NO_PROMETHEUS)
         predictions = Predictions(nothing, nothing) if planned.drift is not None else None
-        return evaluate(planned, missing, [missing] * len(planned.checks), predictions=predictions)
+        compared = Compared(missing, missing) if planned.agreement is not None else None
+        return evaluate(
+            planned, missing, [missing] * len(planned.checks), predictions=predictions, compared=compared
+        )
     numbers = [planned.requests, *(check.query for check in planned.checks)]
+    if planned.agreement is not None:
+        numbers += [planned.agreement.compared, planned.agreement.agreed]
     if planned.traffic is not None:
         numbers.append(planned.traffic)
     vectors = [planned.drift.canary, planned.drift.stable] if planned.drift is not None else []
@@ -753,7 +869,9 @@ async def measure(
         asyncio.gather(*(query(session, prometheus_url, q, timeout=timeout) for q in numbers)),
         asyncio.gather(*(query_vector(session, prometheus_url, q, timeout=timeout) for q in vectors)),
     )
-    checks = samples[1 : 1 + len(planned.checks)]
+    end = 1 + len(planned.checks)
+    checks = samples[1:end]
+    compared = Compared(samples[end], samples[end + 1]) if planned.agreement is not None else None
     traffic = samples[-1] if planned.traffic is not None else None
     predictions = Predictions(*answers) if planned.drift is not None else None
-    return evaluate(planned, samples[0], checks, traffic, predictions)
+    return evaluate(planned, samples[0], checks, traffic, predictions, compared)

@@ -30,7 +30,8 @@ class Measurer:
             self._session = aiohttp.ClientSession(trust_env=False)
         settings = settings_of(md)
         url = settings.prometheus_url or self._default_url
-        stable = RolloutState.from_status(md.status).stable
+        state = RolloutState.from_status(md.status)
+        stable = state.stable
         measured = await analysis.measure(
             self._session,
             url,
@@ -39,6 +40,7 @@ class Measurer:
             md.name,
             revision,
             stable=stable if stable != revision else None,
+            mirrored=state.mirror > 0,
         )
         return Verdict(
             verdict=measured.verdict,

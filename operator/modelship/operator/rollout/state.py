@@ -40,6 +40,7 @@ class RolloutState:
     step: int = 0
     step_started: float | None = None
     weight: int = 0
+    mirror: int = 0  # percent of the stable revision's requests copied to the canary (a shadow step)
     aborted: str | None = None  # the revision that was rolled back
     abort: Failure | None = None  # why
     promoted_at: float | None = None
@@ -74,6 +75,7 @@ class RolloutState:
             step=int(raw.get("step") or 0),
             step_started=bodies.timestamp(raw.get("stepStartedAt")),
             weight=int(raw.get("weight") or 0),
+            mirror=int(raw.get("mirror") or 0),
             aborted=raw.get("abortedRevision") or None,
             abort=abort,
             promoted_at=bodies.timestamp(raw.get("promotedAt")),
@@ -107,6 +109,7 @@ class RolloutState:
             "steps": len(rollout.steps),
             "stepStartedAt": time(self.step_started),
             "weight": self.weight,
+            "mirror": self.mirror or None,
             "abortedRevision": self.aborted,
             "abort": self.abort.to_status() if self.abort is not None else None,
             "promotedAt": time(self.promoted_at),

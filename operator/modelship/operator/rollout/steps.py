@@ -16,6 +16,14 @@ out it never grows, except to the share a step that lowers the weight gives back
 stable pod created mid-rollout would be deleted again a moment later, and with real models
 (minutes to load, GPUs, a ResourceQuota) that costs more than the pod it covers. With a
 Gateway API HTTPRoute the weight is exact and the stable revision keeps all N pods.
+
+A shadow step takes the canary out of the users' traffic (weight 0) and has the stable revision's
+pods copy `percent` of their requests to it instead: the canary gets the pods that share of the
+requests needs, ceil(N*percent/100), the stable revision keeps all N. The copying starts once a
+canary pod is ready (`StepResult.mirror`). The step lasts its duration from its start; with
+analysis, until the first passing measurement after that too, so that a shadow step never ends on
+what it could not measure (too few copies, Prometheus down): an inconclusive streak pauses it as it
+pauses any step.
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ class StepResult:
     replicas: Mapping[str, int | None]  # revision -> wanted replicas (None: the autoscaler decides)
     retire: tuple[str, ...]  # revisions whose Deployments are deleted now
     weight: int  # the canary's share of traffic the steps ask for now
+    mirror: int = 0  # percent of the stable revision's requests its pods copy to the canary now
     requeue_after: float | None = None
     paused: str | None = None  # why the rollout waits, when it waits for a person or a clock
     pause_reason: str = reasons.ROLLOUT_PAUSED  # the condition reason of that wait
@@ -133,7 +142,7 @@ def analysis_due(rollout: RolloutSpec, state: RolloutState, target: str, interva
     in_analysis_step = state.step < len(rollout.steps) and rollout.steps[state.step].analysis
     if in_analysis_step and (state.last_run is None or (state.step_started or 0) > state.last_run):
         return True  # an analysis step measures as soon as it starts
-    background = rollout.analysis is not None and state.weight > 0
+    background = rollout.analysis is not None and (state.weight > 0 or state.mirror > 0)
     if not (background or in_analysis_step):
         return False
     return state.last_run is None or now >= state.last_run + interval
@@ -209,6 +218,7 @@ def _steady(
         step=len(rollout.steps),
         step_started=None,
         weight=0,
+        mirror=0,
         aborted=None,
         abort=None,
         retiring=retiring,
@@ -250,7 +260,9 @@ def _canary(
         state = dataclasses.replace(state, step=len(rollout.steps), step_started=now)
         intent.use("promote-full: every remaining step skipped")
     canary_ready = _ready(live.get(inputs.target))
-    state = _walk_steps(rollout.steps, state, inputs.size, canary_ready, intent, now, settings)
+    analysed = rollout.analysis is not None
+    state = _walk_steps(rollout.steps, state, inputs.size, canary_ready, intent, now, settings, analysed)
+    state = dataclasses.replace(state, mirror=_shadow_at(rollout.steps, state.step))
     if intent.verb is not None:
         intent.use(f"{intent.verb}: nothing to do")
     if state.step >= len(rollout.steps) and _serves_alone(live.get(inputs.target), inputs.size):
@@ -334,8 +346,10 @@ def _walk_steps(
     intent: _Intent,
     now: float,
     settings: AnalysisSettings,
+    analysed: bool = False,
 ) -> RolloutState:
-    """Every step that is done moves the index on; the first that is not sets the wait."""
+    """Every step that is done moves the index on; the first that is not sets the wait.
+    `analysed`: the rollout has canary.analysis (a shadow step then waits for a pass too)."""
     if state.step < len(steps) and state.inconclusive >= settings.inconclusive_limit:
         if intent.verb != VERB_PROMOTE:
             return _inconclusive_pause(state, intent, now, settings)
@@ -350,6 +364,19 @@ def _walk_steps(
         elif step.set_weight is not None:
             state = dataclasses.replace(state, weight=step.set_weight)
             if canary_ready < canary_replicas(size, step.set_weight):
+                return state
+        elif step.shadow is not None:
+            state = dataclasses.replace(state, weight=0, mirror=step.shadow)
+            if not _shadowed(
+                step,
+                state,
+                started,
+                canary_replicas(size, step.shadow) <= canary_ready,
+                intent,
+                now,
+                settings,
+                analysed,
+            ):
                 return state
         elif step.analysis:
             measured = state.last_run is not None and state.last_run >= started
@@ -370,6 +397,43 @@ def _walk_steps(
                 return state
         state = dataclasses.replace(state, step=state.step + 1, step_started=now)
     return state
+
+
+def _shadowed(
+    step: Step,
+    state: RolloutState,
+    started: float,
+    ready: bool,
+    intent: _Intent,
+    now: float,
+    settings: AnalysisSettings,
+    analysed: bool,
+) -> bool:
+    """Whether a shadow step is done: its canary pods came up, its duration passed and, with
+    analysis, a measurement after that passed. Otherwise the wait is set on `intent`."""
+    if not ready:
+        return False
+    duration = step.pause if step.pause is not None else math.inf
+    if math.isinf(duration):
+        intent.paused = f"step {state.step + 1} ({step.describe()}): waiting for a manual promote"
+        return False
+    ends = started + duration
+    if now < ends:
+        intent.wake_by(ends - now)
+        return False
+    if not analysed:
+        return True
+    if state.last_run is not None and state.last_run >= ends and state.verdict == Result.PASS:
+        return True
+    due = state.last_run + settings.interval if state.last_run is not None and state.last_run >= ends else now
+    intent.wake_by(max(MIN_REQUEUE, due - now))
+    return False
+
+
+def _shadow_at(steps: tuple[Step, ...], index: int) -> int:
+    """The percent the step at `index` copies (0: it is no shadow step, or every step is done)."""
+    shadow = steps[index].shadow if index < len(steps) else None
+    return shadow or 0
 
 
 def _inconclusive_pause(
@@ -407,8 +471,8 @@ def _sized(
         state = dataclasses.replace(state, weight=100)
         canary_want, stable_weight = size, _last_weight(steps)
     else:
-        canary_want, stable_weight = canary_replicas(size, state.weight), state.weight
-    if rollout.analysis is not None and state.weight > 0:
+        canary_want, stable_weight = canary_replicas(size, max(state.weight, state.mirror)), state.weight
+    if rollout.analysis is not None and (state.weight > 0 or state.mirror > 0):
         intent.wake_by(max(MIN_REQUEUE, (state.last_run or now) + settings.interval - now))
     replicas: dict[str, int | None] = {inputs.target: canary_want}
     if inputs.autoscaled:
@@ -423,6 +487,8 @@ def _sized(
         replicas=replicas,
         retire=_retire_others(live, {stable, inputs.target}),
         weight=state.weight,
+        # Copies go out once a canary pod can answer them: before, they would all be errors.
+        mirror=state.mirror if canary_ready > 0 else 0,
         requeue_after=intent.requeue,
         paused=intent.paused,
         pause_reason=intent.pause_reason,
@@ -460,6 +526,7 @@ def _at_first_step(state: RolloutState, now: float) -> RolloutState:
         step=0,
         step_started=now,
         weight=0,
+        mirror=0,
         failures=0,
         inconclusive=0,
         canary_requests=None,
@@ -474,7 +541,7 @@ def _at_first_step(state: RolloutState, now: float) -> RolloutState:
 
 
 def _abort(state: RolloutState, inputs: Inputs, why: Failure) -> RolloutState:
-    return dataclasses.replace(state, aborted=inputs.target, abort=why, weight=0)
+    return dataclasses.replace(state, aborted=inputs.target, abort=why, weight=0, mirror=0)
 
 
 def _rolled_back(
@@ -488,7 +555,7 @@ def _rolled_back(
     replicas: dict[str, int | None] = {stable: None if inputs.autoscaled else inputs.size, inputs.target: 0}
     why = state.abort or Failure(reasons.ROLLOUT_ABORTED, "aborted")
     return StepResult(
-        state=dataclasses.replace(state, weight=0),
+        state=dataclasses.replace(state, weight=0, mirror=0),
         replicas=replicas,
         retire=_retire_others(live, {stable, inputs.target}),
         weight=0,
