@@ -405,3 +405,20 @@ def test_an_aborted_canary_stays_out_of_the_service() -> None:
     assert decision.rollout.abort is not None and decision.rollout.mirror == 0
     assert not any(a.name == "iris" for a in decision.apply), "still the stable revision alone"
     assert decision.annotate == ()
+
+
+def test_with_an_http_route_the_gateway_copies_the_requests_and_no_pod_is_told() -> None:
+    body, old, new, children = shadow_world(with_service=True)
+    body["spec"]["rollout"]["canary"]["trafficRouting"] = {"gatewayAPI": {"httpRoute": "models"}}
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "models", "namespace": "ml"},
+        "spec": {"rules": [{"backendRefs": [{"name": "iris", "port": 80}]}]},
+    }
+    decision = decide(spec.parse(body), children, server_image=IMAGE, now=NOW, route=route)
+    assert decision.annotate == ()
+    assert decision.route_rules is not None
+    [rule] = decision.route_rules
+    assert rule["backendRefs"] == [{"name": f"iris-{old}", "port": 80, "weight": 100}]
+    assert rule["filters"] == [traffic.mirror_filter(f"iris-{new}", 20)]

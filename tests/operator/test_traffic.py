@@ -224,6 +224,73 @@ def test_only_services_of_the_routes_namespace_have_a_weight_and_the_first_rule_
     assert route_weights({}) == {}
 
 
+# ---------------------------------------------------------------- a shadow step's RequestMirror
+
+USERS_FILTER = {
+    "type": "RequestHeaderModifier",
+    "requestHeaderModifier": {"set": [{"name": "x", "value": "1"}]},
+}
+
+
+def mirrored(r: dict[str, Any], percent: int | None = 20) -> list[Any] | None:
+    mirror = (CANARY, percent) if percent is not None else None
+    return traffic.route_rules(r, "iris", REVISION_SERVICES, STABLE, None, 0, mirror)
+
+
+def test_a_shadow_step_mirrors_a_share_of_our_rules_to_the_canary_and_gives_users_the_stable() -> None:
+    r = route({**to("iris"), "filters": [USERS_FILTER]}, to("other"))
+    new = mirrored(r)
+    assert new is not None
+    assert new[0]["backendRefs"] == [{"name": STABLE, "port": 80, "weight": 100}]
+    assert new[0]["filters"] == [
+        USERS_FILTER,
+        {
+            "type": "RequestMirror",
+            "requestMirror": {"backendRef": {"name": CANARY, "port": 80}, "percent": 20},
+        },
+    ]
+    assert new[1] == to("other"), "a rule of another Service is not ours to mirror"
+
+
+def test_a_mirror_already_set_changes_nothing_even_with_the_schemas_defaults_filled_in() -> None:
+    once = with_rules(route(to("iris")), mirrored(route(to("iris"))))
+    assert mirrored(once) is None
+    filled = copy.deepcopy(once)
+    ref = filled["spec"]["rules"][0]["filters"][0]["requestMirror"]["backendRef"]
+    ref.update(group="", kind="Service", namespace="ml")
+    assert mirrored(filled) is None
+
+
+def test_a_new_share_replaces_the_mirror_and_the_end_of_the_shadow_removes_it_alone() -> None:
+    once = with_rules(
+        route({**to("iris"), "filters": [USERS_FILTER]}),
+        mirrored(route({**to("iris"), "filters": [USERS_FILTER]})),
+    )
+    more = mirrored(once, 100)
+    assert more is not None and more[0]["filters"][-1]["requestMirror"]["percent"] == 100
+    ended = mirrored(once, None)
+    assert ended is not None and ended[0]["filters"] == [USERS_FILTER]
+    bare = with_rules(route(to("iris")), mirrored(route(to("iris"))))
+    cleared = mirrored(bare, None)
+    assert cleared is not None and "filters" not in cleared[0]
+
+
+def test_a_users_mirror_to_another_service_is_left_alone() -> None:
+    theirs = {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "audit", "port": 80}}}
+    r = route({**to("iris"), "filters": [theirs]})
+    new = mirrored(r)
+    assert new is not None and new[0]["filters"][0] == theirs and len(new[0]["filters"]) == 2
+    assert (
+        mirrored(with_rules(r, traffic.route_rules(r, "iris", REVISION_SERVICES, STABLE, None, 0)), None)
+        is None
+    )
+
+
+def test_a_mirrored_share_outside_1_to_100_is_a_bug() -> None:
+    with pytest.raises(ValueError, match="percentage from 1 to 100"):
+        traffic.mirror_filter(CANARY, 0)
+
+
 # ---------------------------------------------------------------- invariants
 
 NAMESPACE = "ml"
@@ -260,12 +327,13 @@ def refers_to_us(rule: dict[str, Any]) -> bool:
     )
 
 
-@given(routes, canaries, st.integers(0, 100))
+@given(routes, canaries, st.integers(0, 100), st.none() | st.integers(1, 100))
 def test_our_rules_get_weights_summing_to_100_and_foreign_rules_stay_as_they_were(
-    r: dict[str, Any], canary: str | None, weight: int
+    r: dict[str, Any], canary: str | None, weight: int, percent: int | None
 ) -> None:
     before = copy.deepcopy(r)
-    new = traffic.route_rules(r, "iris", REVISION_SERVICES, STABLE, canary, weight)
+    mirror = (CANARY, percent) if percent is not None else None
+    new = traffic.route_rules(r, "iris", REVISION_SERVICES, STABLE, canary, weight, mirror)
     assert r == before
     after = new if new is not None else before["spec"]["rules"]
     assert len(after) == len(before["spec"]["rules"])
@@ -273,9 +341,11 @@ def test_our_rules_get_weights_summing_to_100_and_foreign_rules_stay_as_they_wer
         if not refers_to_us(old_rule):
             assert new_rule == old_rule
             continue
-        assert {k: v for k, v in new_rule.items() if k != "backendRefs"} == {
-            k: v for k, v in old_rule.items() if k != "backendRefs"
+        assert {k: v for k, v in new_rule.items() if k not in ("backendRefs", "filters")} == {
+            k: v for k, v in old_rule.items() if k not in ("backendRefs", "filters")
         }
+        # Our rules mirror exactly what the step asks for.
+        assert new_rule.get("filters", []) == ([traffic.mirror_filter(CANARY, percent)] if percent else [])
         weights = {ref["name"]: ref.get("weight", 1) for ref in new_rule["backendRefs"]}
         assert sum(weights.values()) == 100
         if canary is not None and canary != STABLE:

@@ -84,6 +84,32 @@ async def test_weights_set_with_replace_read_back_from_the_api_server(
     assert api.writes["replace"] == 2
 
 
+async def test_a_shadow_steps_mirror_is_accepted_by_the_schema_and_reads_back_as_set(
+    k8s_api: client.ApiClient, namespace: str, api: kube.KubeClient
+) -> None:
+    create_route(k8s_api, namespace, MODELS_RULE, WEB_RULE)
+    route = await read_route(api, namespace)
+    ours = {STABLE, CANARY}
+
+    await api.replace(
+        with_rules(route, traffic.route_rules(route, "iris", ours, STABLE, None, 0, (CANARY, 20)))
+    )
+    route = await read_route(api, namespace)
+    [mirror] = route["spec"]["rules"][0]["filters"]
+    assert mirror["type"] == "RequestMirror" and mirror["requestMirror"]["percent"] == 20
+    assert mirror["requestMirror"]["backendRef"]["name"] == CANARY
+    assert route_weights(route) == {STABLE: 100, "web": 1}
+    assert "filters" not in route["spec"]["rules"][1]
+    # Whatever the schema filled in, the mirror reads as set: an idle resync writes nothing.
+    assert traffic.route_rules(route, "iris", ours, STABLE, None, 0, (CANARY, 20)) is None
+
+    # The shadow step ends: the weights move and the mirror goes.
+    await api.replace(with_rules(route, traffic.route_rules(route, "iris", ours, STABLE, CANARY, 25)))
+    route = await read_route(api, namespace)
+    assert not route["spec"]["rules"][0].get("filters")
+    assert route_weights(route) == {STABLE: 75, CANARY: 25, "web": 1}
+
+
 async def test_a_route_changed_since_it_was_read_is_a_transient_conflict_and_not_overwritten(
     k8s_api: client.ApiClient, namespace: str, api: kube.KubeClient
 ) -> None:

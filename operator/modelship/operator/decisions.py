@@ -238,8 +238,8 @@ def _mirror(md: ModelDeployment, step: steps.StepResult, ours: Children) -> str 
 
     The Service's cluster IP, not its DNS name: no resolver is needed, and it is known as soon as
     the Service exists (None until then)."""
-    if step.mirror <= 0 or not _shadowing(step):
-        return None
+    if step.mirror <= 0 or not _shadowing(step) or md.rollout.http_route is not None:
+        return None  # with an HTTPRoute, the gateway copies the requests (`_route`)
     assert step.canary is not None
     service = bodies.by_name(ours.services, naming.deployment_name(md.name, step.canary))
     address = ((service or {}).get("spec") or {}).get("clusterIP")
@@ -381,6 +381,10 @@ def _route(
     if route is None:
         return None, f"HTTPRoute {md.rollout.http_route} not found in namespace {md.namespace}"
     canary = step.canary if step.abort is None and step.weight > 0 else None
+    mirror = None
+    if step.mirror > 0 and _shadowing(step):
+        assert step.canary is not None
+        mirror = (naming.deployment_name(md.name, step.canary), step.mirror)
     rules = traffic.route_rules(
         route,
         md.name,
@@ -388,5 +392,6 @@ def _route(
         naming.deployment_name(md.name, _serving(revision, step)),
         naming.deployment_name(md.name, canary) if canary is not None else None,
         step.weight if canary is not None else 0,
+        mirror,
     )
     return rules, None

@@ -250,8 +250,17 @@ def traffic(
         )
     else:
         seen = "not measured yet (the canary's share is measured with its analysis)"
-    if outcome.abort is None and outcome.weight == 0 and md.rollout.http_route is None:
-        return {"replicaWeight": 0, "traffic": _no_share(outcome)}
+    if outcome.abort is None and outcome.weight == 0:
+        if md.rollout.http_route is None:
+            return {"replicaWeight": 0, "traffic": _no_share(outcome)}
+        if outcome.state.mirror:
+            return {
+                "actualWeight": 0,
+                "traffic": (
+                    f"shadow: HTTPRoute {md.rollout.http_route} sends every request to the stable revision "
+                    f"and a copy of {outcome.state.mirror}% of them to the canary (RequestMirror)"
+                ),
+            }
     if md.rollout.http_route is not None:
         return {
             "actualWeight": measured if measured is not None else outcome.weight,

@@ -40,7 +40,9 @@ class Measurer:
             md.name,
             revision,
             stable=stable if stable != revision else None,
-            mirrored=state.mirror > 0,
+            # With an HTTPRoute the gateway copies the requests and discards the canary's answers:
+            # nothing compares them, and predictionDrift judges the copies instead.
+            mirrored=state.mirror > 0 and md.rollout.http_route is None,
         )
         return Verdict(
             verdict=measured.verdict,

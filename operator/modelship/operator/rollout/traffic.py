@@ -5,6 +5,11 @@ like its Deployment), and the user's HTTPRoute splits the traffic between the st
 canary revision by the weights of its backendRefs. Only the rules that send traffic to this
 ModelDeployment are rewritten: the rest of the route (hosts, matches, filters, other
 backends' rules) stays the user's.
+
+A shadow step adds the standard `RequestMirror` filter to those rules: the gateway sends a copy of
+`percent` of their requests to the canary's Service and discards its answers, while every user
+request goes to the stable revision. Only a mirror filter that points at one of this model's
+Services is ours: it is set, changed and removed; a user's own filters stay.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from modelship.operator.spec import ModelDeployment
 
 # What the HTTPRoute CRD's schema fills in on a backendRef that leaves them out.
 _REF_DEFAULTS: Mapping[str, Any] = {"group": "", "kind": "Service", "weight": 1}
+REQUEST_MIRROR = "RequestMirror"
 
 
 def revision_service(md: ModelDeployment, revision: str) -> Manifest:
@@ -59,6 +65,16 @@ def backend_refs(stable_service: str, canary_service: str | None, canary_weight:
     ]
 
 
+def mirror_filter(service: str, percent: int) -> Manifest:
+    """The rule filter that has the gateway copy `percent` of the rule's requests to `service`."""
+    if not 1 <= percent <= 100:
+        raise ValueError(f"a mirrored share is a percentage from 1 to 100, not {percent}")
+    return {
+        "type": REQUEST_MIRROR,
+        "requestMirror": {"backendRef": {"name": service, "port": naming.SERVICE_PORT}, "percent": percent},
+    }
+
+
 def route_rules(
     route: Mapping[str, Any],
     md_name: str,
@@ -66,19 +82,25 @@ def route_rules(
     stable_service: str,
     canary_service: str | None,
     canary_weight: int,
+    mirror: tuple[str, int] | None = None,
 ) -> list[Manifest] | None:
     """The route's `spec.rules` with the weights set, or None when they are already so.
+    `mirror`: (a Service of this model, percent) that our rules copy requests to (a shadow step).
 
     A rule is ours when one of its backendRefs is a Service of this ModelDeployment: its main
     Service `md_name`, one in `service_names` (the per-revision Services that exist, old ones
     included), or the stable or canary Service. An ours rule's backendRefs become exactly
-    `backend_refs(...)`, whatever they were; every other rule is left as it is.
+    `backend_refs(...)`, whatever they were, and its mirror filters to our Services exactly
+    `mirror`'s; every other rule is left as it is.
     """
     namespace = _namespace(route)
     ours = {md_name, stable_service, *service_names}
     if canary_service is not None:
         ours.add(canary_service)
+    if mirror is not None:
+        ours.add(mirror[0])
     wanted = backend_refs(stable_service, canary_service, canary_weight)
+    mirrored = [mirror_filter(*mirror)] if mirror is not None else []
     rules = copy.deepcopy(list(_rules(route)))
     changed = False
     for rule in rules:
@@ -90,7 +112,35 @@ def route_rules(
         if _canonical(refs, namespace) != _canonical(wanted, namespace):
             rule["backendRefs"] = copy.deepcopy(wanted)
             changed = True
+        filters = rule.get("filters") or []
+        theirs = [f for f in filters if not _our_mirror(f, ours, namespace)]
+        if _mirrors(filters, ours, namespace) != _mirrors(mirrored, ours, namespace):
+            if theirs or mirrored:
+                rule["filters"] = theirs + copy.deepcopy(mirrored)
+            else:
+                rule.pop("filters", None)
+            changed = True
     return rules if changed else None
+
+
+def _our_mirror(item: Mapping[str, Any], ours: Collection[str], namespace: str | None) -> bool:
+    if item.get("type") != REQUEST_MIRROR:
+        return False
+    ref = (item.get("requestMirror") or {}).get("backendRef") or {}
+    return _service_name(ref, namespace) in ours
+
+
+def _mirrors(filters: Sequence[Mapping[str, Any]], ours: Collection[str], namespace: str | None) -> list[str]:
+    """Our mirror filters as comparable text: the Service, its port and the share (an absent
+    percent and fraction is 100%, as the Gateway API reads it)."""
+    found = []
+    for item in filters:
+        if _our_mirror(item, ours, namespace):
+            spec = item.get("requestMirror") or {}
+            ref = spec.get("backendRef") or {}
+            percent = spec.get("percent", 100 if spec.get("fraction") is None else None)
+            found.append(json.dumps([ref.get("name"), ref.get("port"), percent, spec.get("fraction")]))
+    return sorted(found)
 
 
 def _namespace(route: Mapping[str, Any]) -> str | None:
