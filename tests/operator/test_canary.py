@@ -630,3 +630,15 @@ def test_the_shadow_percent_survives_the_status_round_trip() -> None:
     again = RolloutState.from_status({"rollout": world.state.to_status(world.rollout)})
     assert again.mirror == 20 and world.state.to_status(world.rollout)["mirror"] == 20
     assert "mirror" not in RolloutState(stable="a").to_status(world.rollout)
+
+
+def test_an_analysis_step_is_never_passed_by_the_measurement_taken_before_it_started() -> None:
+    """A shadow step that ends, a weight its ready pods already meet and an analysis step can all
+    be walked in one reconcile: the measurement of that reconcile was of the copies, not of the
+    canary's share of the users' requests, and must not pass the analysis step."""
+    steps_ = (Step(shadow=100, pause=10.0), Step(set_weight=50), Step(analysis=True), Step(pause=math.inf))
+    world = World(RolloutSpec(steps=steps_, analysis={"interval": "10s"}), size=2)
+    weighted = world.run_until(lambda o: o.weight == 50)
+    assert weighted.state.step == 2, "the analysis step waits for a measurement of its own"
+    passed = world.run_until(lambda o: o.state.step == 3)
+    assert passed.state.measured_at_weight == 50

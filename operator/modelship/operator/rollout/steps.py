@@ -140,7 +140,7 @@ def analysis_due(rollout: RolloutSpec, state: RolloutState, target: str, interva
     if state.canary != target or state.aborted == target or state.stable in (None, target):
         return False
     in_analysis_step = state.step < len(rollout.steps) and rollout.steps[state.step].analysis
-    if in_analysis_step and (state.last_run is None or (state.step_started or 0) > state.last_run):
+    if in_analysis_step and (state.last_run is None or (state.step_started or 0) >= state.last_run):
         return True  # an analysis step measures as soon as it starts
     background = rollout.analysis is not None and (state.weight > 0 or state.mirror > 0)
     if not (background or in_analysis_step):
@@ -379,7 +379,9 @@ def _walk_steps(
             ):
                 return state
         elif step.analysis:
-            measured = state.last_run is not None and state.last_run >= started
+            # Taken after the step started: a measurement of the reconcile that walked into this
+            # step was taken before it, at the previous step's weight (or a shadow step's copies).
+            measured = state.last_run is not None and state.last_run > started
             if not (measured and state.verdict == Result.PASS):
                 due = state.last_run + settings.interval if measured and state.last_run is not None else now
                 intent.wake_by(max(MIN_REQUEUE, due - now))
