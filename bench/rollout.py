@@ -76,7 +76,9 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
-from modelship.operator import naming
+from modelship.operator import manifests, naming
+from modelship.operator.config import OperatorConfig
+from modelship.operator.spec import parse as parse_model_deployment
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1086,11 +1088,11 @@ def shadow_figures(
         aborted=t_abort is not None,
         shadow_to_abort=None if t_shadow is None or t_abort is None else t_abort - t_shadow,
         events=[
+            ("local canary server up", after(marks.get("canary up"))),
             ("version 2 asked for", after(marks["patched"])),
             ("status: canary revision", after(marks.get("canary"))),
             ("mirror annotation on a stable pod", after(t_shadow)),
             (f"... on all {REPLICAS} stable pods", after(kubelet.first_seen.get("all annotated"))),
-            ("local canary server up", after(marks.get("canary up"))),
             ("stable's mirror file names the canary", after(kubelet.first_seen.get("file on"))),
             ("stable: first copy compared", after(sampler.first_compared())),
             ("status: 1st failed measurement", after(status.first_seen.get("failures>=1"))),
@@ -1171,13 +1173,14 @@ class ShadowCanaryRun:
         args: argparse.Namespace,
         api: client.ApiClient,
         work: Path,
-        namespace: str,
         servers: ScrapedServers,
+        operator: Operator,
     ) -> None:
-        self.args, self.work, self.namespace, self.servers = args, work, namespace, servers
+        self.args, self.work, self.namespace, self.servers = args, work, operator.namespace, servers
+        self.operator_env = operator.env
         self.core, self.custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-        self.status = RolloutStatus(self.custom, namespace)
-        self.endpoints = ServiceEndpoints(self.core, client.DiscoveryV1Api(api), namespace)
+        self.status = RolloutStatus(self.custom, self.namespace)
+        self.endpoints = ServiceEndpoints(self.core, client.DiscoveryV1Api(api), self.namespace)
         self.bodies, self.classes = classifier_bodies()
         self.routes: dict[str, Route] = {}
         self.marks: dict[str, float] = {}
@@ -1216,32 +1219,55 @@ class ShadowCanaryRun:
         return server
 
     def shadow_version_2(self, stable_server: ScrapedServer) -> str:
-        """Ask for version 2 and start its server; the canary revision."""
+        """Ask for version 2, its server started first; the canary revision.
+
+        A server takes seconds to start here, a KWOK pod a fraction of one to be ready, and the operator
+        annotates the stable pods as soon as a canary pod is ready: started after the canary revision is
+        known, the canary server would come up seconds after the shadow step started, where a real pod
+        is ready only once its server is. So its revision is predicted and the server started before
+        the patch; a wrong prediction starts another one (the lag then shows among the events)."""
         assert self.kubelet is not None
+        patch = {"spec": {"model": model_spec(version="2")["model"]}}
+        predicted = self.predicted_revision(patch)
+        canary_server = self.start_canary(predicted)
         self.custom.patch_namespaced_custom_object(
-            naming.GROUP,
-            naming.VERSION,
-            self.namespace,
-            naming.PLURAL,
-            NAME,
-            {"spec": {"model": model_spec(version="2")["model"]}},
+            naming.GROUP, naming.VERSION, self.namespace, naming.PLURAL, NAME, patch
         )
         self.marks["patched"] = time.monotonic()
         canary: str = wait(lambda: self.status.rollout().get("canaryRevision"), 60, "a canary revision")
         self.marks["canary"] = time.monotonic()
         self.sampler = MirrorSampler(stable_server.url, canary)
         self.sampler.start()
-        log(f"canary revision {canary}; starting its server")
+        if canary != predicted:
+            log(f"WARNING: canary revision {canary}, not the {predicted} predicted; starting its server now")
+            canary_server = self.start_canary(canary)
+        self.routes[canary] = Route(canary_server, self.bodies, self.classes)
+        self.kubelet.canary_up(canary_server.url)
+        return canary
+
+    def predicted_revision(self, patch: dict[str, Any]) -> str:
+        """The revision the operator will give the ModelDeployment once patched: the object as the API
+        server would store it (a server-side dry run fills in the schema's defaults), through the
+        operator's own functions and its server image setting."""
+        body = cast(
+            dict[str, Any],
+            self.custom.patch_namespaced_custom_object(
+                naming.GROUP, naming.VERSION, self.namespace, naming.PLURAL, NAME, patch, dry_run="All"
+            ),
+        )
+        server_image = OperatorConfig.from_env({**os.environ, **self.operator_env}).server_image
+        return manifests.desired_revision(parse_model_deployment(body), server_image=server_image).revision
+
+    def start_canary(self, revision: str) -> ScrapedServer:
+        log(f"starting the server of canary revision {revision}")
         server = self.servers.start(
             canary_models.permuted_classifier().save(self.work),
             namespace=self.namespace,
-            revision=canary,
+            revision=revision,
             model_name=NAME,
         )
-        self.routes[canary] = Route(server, self.bodies, self.classes)
         self.marks["canary up"] = time.monotonic()
-        self.kubelet.canary_up(server.url)
-        return canary
+        return server
 
     def wait_abort(self, canary: str) -> None:
         """Until the canary is aborted and the stable pods' annotation is gone; what does not come in
@@ -1334,7 +1360,7 @@ def run_shadow_canary(args: argparse.Namespace, api: client.ApiClient, work: Pat
     servers = ScrapedServers(prometheus, work)
     with namespace_on_kwok(core) as namespace:
         operator = Operator(args.kubeconfig, namespace, prometheus.url, work / "operator.log")
-        run = ShadowCanaryRun(args, api, work, namespace, servers)
+        run = ShadowCanaryRun(args, api, work, servers, operator)
         try:
             log(f"starting the operator on namespace {namespace} (log: {operator.log_path})")
             operator.start()

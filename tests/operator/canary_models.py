@@ -6,6 +6,7 @@ analysis should pass or fail on.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,19 @@ def broken_labels() -> CanaryModel:
     not of the request, which the server answers with 500. (An onnxruntime error such as a Gather
     index out of bounds is answered 400: the server counts that as the client's mistake.)
     """
-    table = helper.make_tensor("table", TensorProto.STRING, [2], [b"ok", NOT_UTF8])
+    return _labels("broken_labels", NOT_UTF8)
+
+
+def good_labels() -> CanaryModel:
+    """The same lookup as `broken_labels()` whose second entry is text: both of its requests get 200."""
+    return dataclasses.replace(_labels("good_labels", b"fine"), failing_request=None)
+
+
+def _labels(name: str, second: bytes) -> CanaryModel:
+    table = helper.make_tensor("table", TensorProto.STRING, [2], [b"ok", second])
     graph = helper.make_graph(
         [helper.make_node("Gather", ["table", "index"], ["label"], axis=0)],
-        "broken_labels",
+        name,
         [helper.make_tensor_value_info("index", TensorProto.INT64, ["batch"])],
         [helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"])],
         [table],
@@ -59,7 +69,7 @@ def broken_labels() -> CanaryModel:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return CanaryModel(
-        "broken_labels",
+        name,
         model,
         request=_tensor("index", "INT64", [1], [0]),
         failing_request=_tensor("index", "INT64", [1], [1]),
