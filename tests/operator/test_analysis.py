@@ -918,7 +918,7 @@ def test_a_canary_that_answers_otherwise_fails_whatever_its_success_rate() -> No
     assert m.verdict == Result.FAIL
     assert (
         m.summary
-        == "agreement 0 < 0.98 (0 of 200 answers alike) (revision 9b1c, 300 of 600 requests in 30s: 50%)"
+        == "agreement 0 < 0.98 (0 of 200 answers alike) (revision 9b1c, 300 copies of 300 requests in 30s)"
     )
 
 
@@ -963,3 +963,8 @@ def test_an_agreement_passes_only_on_enough_compared_answers_alike_enough(
     else:
         assert compared > 0 and compared >= low and result.value is not None
         assert (result.result == Result.PASS) == (min(1.0, agreed / compared) >= 0.9)
+
+
+def test_in_a_shadow_step_the_canarys_requests_are_called_copies() -> None:
+    m = _agreement(200, 199, requests=150)
+    assert m.summary.endswith("(revision 9b1c, 150 copies of 450 requests in 30s)")

@@ -385,6 +385,7 @@ class Plan:
     traffic: str | None = None  # the query of the requests to both revisions; None: no stable one
     drift: DriftCheck | None = None  # None: not asked for, or no stable revision to compare with
     agreement: AgreementCheck | None = None  # None: not asked for, or no shadow step copies requests
+    mirrored: bool = False  # the revision's requests are copies of the stable revision's (a shadow step)
 
 
 def plan(
@@ -434,6 +435,7 @@ def plan(
         )
         if agreement is not None and stable and mirrored
         else None,
+        mirrored=bool(stable and mirrored),
     )
 
 
@@ -573,7 +575,11 @@ def evaluate(
         judged.append(_judge_agreement(plan.agreement, compared, plan.window, enough))
     context = f"revision {plan.revision}"
     share = share_of(count, total)
-    if count is not None and share is not None and total is not None:
+    if plan.mirrored and count is not None and total is not None:
+        # No user request reaches it: its requests are the copies, the rest are the stable revision's.
+        served = max(0.0, total - count)
+        context += f", {_format_count(count)} copies of {_format_count(served)} requests in {plan.window}"
+    elif count is not None and share is not None and total is not None:
         counted = f"{_format_count(count)} of {_format_count(total)}"
         context += f", {counted} requests in {plan.window}: {format_share(share)}"
     elif count is not None:
