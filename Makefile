@@ -97,6 +97,10 @@ test-unit: install clients ## run only the tests that need no cluster
 bench-rollout: install cluster-up ## time a bad canary's rollback: first failing request to all traffic on stable
 	$(PY) bench/rollout.py
 
+.PHONY: bench-shadow
+bench-shadow: install cluster-up ## a shadow step: what copying costs the stable server, then a wrong-but-healthy canary's abort and the wrong answers users got
+	$(PY) bench/shadow.py
+
 .PHONY: bench-keepalive
 bench-keepalive: install ## requests lost by keep-alive clients (wrk, pooled) while a good canary rolls out on the real node
 	$(CLUSTER) up --real-node

@@ -23,7 +23,7 @@ With no mirror file the server starts none of this, and a request costs one attr
 
 The client is aiohttp's, not httpx's (which the server uses to fetch models): every copy is sent on the
 stable server's own event loop and CPU, so what the client costs is taken from the users' requests.
-Measured on 2026-12-07 (2 cores, `bench/rollout.py --overhead-only`): a copy cost the stable server
+Measured on 2026-12-07 (2 cores, `bench/shadow.py --overhead-only`): a copy cost the stable server
 1.3-1.6 ms of CPU with httpx, 0.3-0.4 ms with aiohttp, against some 0.4 ms a request served (at 100 %
 copied, 1680-1696 us of CPU a request with httpx, 771-812 us with aiohttp); one POST alone costs 1.4-1.6 ms
 of client CPU with httpx, 0.24 ms with aiohttp.
