@@ -222,6 +222,14 @@ def _shadowing(step: steps.StepResult) -> bool:
     return step.state.mirror > 0 and step.canary is not None and step.abort is None
 
 
+def _copied_to(md: ModelDeployment, step: steps.StepResult) -> str | None:
+    """The canary's own Service while requests are copied to it now, else None."""
+    if step.mirror <= 0 or not _shadowing(step):
+        return None
+    assert step.canary is not None
+    return naming.deployment_name(md.name, step.canary)
+
+
 def _pinned(step: steps.StepResult) -> str | None:
     """The revision the main Service selects alone, or None for every revision's pods.
 
@@ -238,10 +246,10 @@ def _mirror(md: ModelDeployment, step: steps.StepResult, ours: Children) -> str 
 
     The Service's cluster IP, not its DNS name: no resolver is needed, and it is known as soon as
     the Service exists (None until then)."""
-    if step.mirror <= 0 or not _shadowing(step) or md.rollout.http_route is not None:
+    name = _copied_to(md, step)
+    if name is None or md.rollout.http_route is not None:
         return None  # with an HTTPRoute, the gateway copies the requests (`_route`)
-    assert step.canary is not None
-    service = bodies.by_name(ours.services, naming.deployment_name(md.name, step.canary))
+    service = bodies.by_name(ours.services, name)
     address = ((service or {}).get("spec") or {}).get("clusterIP")
     if not isinstance(address, str) or not address or address == "None":
         return None
@@ -381,10 +389,8 @@ def _route(
     if route is None:
         return None, f"HTTPRoute {md.rollout.http_route} not found in namespace {md.namespace}"
     canary = step.canary if step.abort is None and step.weight > 0 else None
-    mirror = None
-    if step.mirror > 0 and _shadowing(step):
-        assert step.canary is not None
-        mirror = (naming.deployment_name(md.name, step.canary), step.mirror)
+    copied_to = _copied_to(md, step)
+    mirror = (copied_to, step.mirror) if copied_to is not None else None
     rules = traffic.route_rules(
         route,
         md.name,

@@ -382,9 +382,7 @@ def _walk_steps(
             # Taken after the step started: a measurement of the reconcile that walked into this
             # step was taken before it, at the previous step's weight (or a shadow step's copies).
             measured = state.last_run is not None and state.last_run > started
-            if not (measured and state.verdict == Result.PASS):
-                due = state.last_run + settings.interval if measured and state.last_run is not None else now
-                intent.wake_by(max(MIN_REQUEUE, due - now))
+            if not _passed(state, measured, intent, now, settings):
                 return state
         else:
             pause = step.pause if step.pause is not None else math.inf
@@ -425,9 +423,17 @@ def _shadowed(
         return False
     if not analysed:
         return True
-    if state.last_run is not None and state.last_run >= ends and state.verdict == Result.PASS:
+    return _passed(state, state.last_run is not None and state.last_run >= ends, intent, now, settings)
+
+
+def _passed(
+    state: RolloutState, measured: bool, intent: _Intent, now: float, settings: AnalysisSettings
+) -> bool:
+    """Whether the last measurement, `measured` late enough for the step, passed; otherwise the
+    step is looked at again when the next measurement is due (at once if none was late enough)."""
+    if measured and state.verdict == Result.PASS:
         return True
-    due = state.last_run + settings.interval if state.last_run is not None and state.last_run >= ends else now
+    due = state.last_run + settings.interval if measured and state.last_run is not None else now
     intent.wake_by(max(MIN_REQUEUE, due - now))
     return False
 
