@@ -141,3 +141,38 @@ def test_a_request_budget_set_alone_raises_the_inflight_default_with_it() -> Non
         )
     with pytest.raises(ConfigError, match="body_timeout_seconds"):
         load_settings([], {**BASE, "MODELSHIP_BODY_TIMEOUT_SECONDS": "0"})
+
+
+def test_s3_settings_default_to_aws_and_path_style_with_an_endpoint() -> None:
+    s = load_settings([], BASE)
+    assert (s.s3_endpoint, s.s3_region, s.s3_addressing) == ("", "", "virtual")
+    store = {
+        **BASE,
+        "MODELSHIP_S3_ENDPOINT": "http://s3.modelship-store.svc.cluster.local",
+        "MODELSHIP_S3_REGION": "eu-west-1",
+    }
+    s = load_settings([], store)
+    assert (s.s3_endpoint, s.s3_region, s.s3_addressing) == (
+        "http://s3.modelship-store.svc.cluster.local",
+        "eu-west-1",
+        "path",
+    )
+    assert load_settings([], {**store, "MODELSHIP_S3_ADDRESSING": "virtual"}).s3_addressing == "virtual"
+    assert load_settings([], {**BASE, "MODELSHIP_S3_ADDRESSING": "path"}).s3_addressing == "path"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({**BASE, "MODELSHIP_S3_ADDRESSING": "host"}, "s3_addressing must be path or virtual, got 'host'"),
+        ({**BASE, "MODELSHIP_S3_ENDPOINT": "s3.example.com"}, "s3_endpoint must be an http:// or https://"),
+        (
+            {**BASE, "MODELSHIP_S3_ENDPOINT": "ftp://s3.example.com"},
+            "s3_endpoint must be an http:// or https://",
+        ),
+        ({**BASE, "MODELSHIP_S3_ENDPOINT": "http://s3.example.com:port"}, "s3_endpoint has an invalid port"),
+    ],
+)
+def test_bad_s3_settings_name_themselves(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings([], env)

@@ -38,7 +38,7 @@ def test_wrong_digest_names_both_digests(tmp_path: Path) -> None:
     ("uri", "fragment"),
     [
         ("/no/such/model.onnx", "does not exist"),
-        ("s3://bucket/model.onnx", "unsupported model URI scheme 's3'"),
+        ("gs://bucket/model.onnx", "unsupported model URI scheme 'gs'"),
         ("file://otherhost/model.onnx", "only local files"),
     ],
 )

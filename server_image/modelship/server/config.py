@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_CACHE_DIR = "/tmp/modelship/models"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -21,6 +22,14 @@ DEFAULT_MAX_CONNECTION_REQUESTS = 100
 DEFAULT_MAX_CONNECTION_AGE_SECONDS = 10.0
 # Outputs whose predictions are counted (predictions.py): a model's few answers, not its every tensor.
 DEFAULT_PREDICTION_OUTPUTS = 4
+# How an s3:// bucket is addressed: in the path (`endpoint/bucket/key`, what self-hosted stores serve, their
+# names rarely resolving per bucket) or in the host name (`bucket.endpoint/key`, what AWS prefers).
+S3_ADDRESSING = ("path", "virtual")
+
+
+def default_s3_addressing(endpoint: str) -> str:
+    """Path style for an S3-compatible store at an endpoint of its own, virtual hosts for AWS itself."""
+    return "path" if endpoint else "virtual"
 
 
 class ConfigError(ValueError):
@@ -54,6 +63,9 @@ class Settings:
     max_request_bytes: int = 64 << 20
     grace_period_seconds: float = 25.0
     fetch_attempts: int = 4
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    s3_addressing: str = "virtual"
     max_connection_requests: int = DEFAULT_MAX_CONNECTION_REQUESTS
     max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
     max_request_memory_bytes: int = DEFAULT_REQUEST_MEMORY_BYTES
@@ -139,8 +151,13 @@ def default_memory_budgets(limit: int | None) -> tuple[int, int]:
 _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("model_name", "MODEL_NAME", str, "name the model is served under (required)"),
     ("model_version", "MODEL_VERSION", str, "version the model is served under"),
-    ("model_uri", "MODEL_URI", str, "file://, plain path or http(s):// URI of the .onnx file (required)"),
-    ("model_sha256", "MODEL_SHA256", str, "expected sha256 of the model file (required for http(s))"),
+    (
+        "model_uri",
+        "MODEL_URI",
+        str,
+        "file://, plain path, http(s):// or s3://bucket/key URI of the .onnx file (required)",
+    ),
+    ("model_sha256", "MODEL_SHA256", str, "expected sha256 of the model file (required for http(s), s3)"),
     ("revision", "REVISION", str, "label of the deployment revision, added to every metric"),
     ("threads", "THREADS", int, "onnxruntime intra-op threads (default: the cgroup CPU limit)"),
     ("max_batch_size", "MAX_BATCH_SIZE", int, "rows merged into one run; 1 turns batching off"),
@@ -154,6 +171,26 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("max_request_bytes", "MAX_REQUEST_BYTES", int, "largest request body accepted"),
     ("grace_period_seconds", "GRACE_PERIOD_SECONDS", float, "longest drain after SIGTERM"),
     ("fetch_attempts", "FETCH_ATTEMPTS", int, "tries of a model download before giving up"),
+    (
+        "s3_endpoint",
+        "S3_ENDPOINT",
+        str,
+        "http(s):// URL of the S3-compatible store of s3:// models; absent: AWS S3. Credentials come from "
+        "the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, IRSA, IMDS)",
+    ),
+    (
+        "s3_region",
+        "S3_REGION",
+        str,
+        "region of the s3:// bucket (default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1)",
+    ),
+    (
+        "s3_addressing",
+        "S3_ADDRESSING",
+        str,
+        "path (endpoint/bucket/key) or virtual (bucket.endpoint/key); default path with an S3 endpoint, "
+        "virtual without",
+    ),
     (
         "max_connection_requests",
         "MAX_CONNECTION_REQUESTS",
@@ -286,6 +323,8 @@ def _settings(command: str, raw: Mapping[str, str]) -> Settings:
         values["model_sha256"] = str(values["model_sha256"]).lower()
     if "threads" not in values:
         values["threads"] = default_threads()
+    if "s3_addressing" not in values:
+        values["s3_addressing"] = default_s3_addressing(str(values.get("s3_endpoint", "")))
     if "max_request_memory_bytes" not in values or "max_inflight_memory_bytes" not in values:
         per_request, inflight = default_memory_budgets(memory_limit())
         values.setdefault("max_request_memory_bytes", per_request)
@@ -316,6 +355,7 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"model_sha256 must be 64 hex digits, got {s.model_sha256!r}")
     if s.fetch_attempts < 1:
         raise ConfigError(f"fetch_attempts must be at least 1, got {s.fetch_attempts}")
+    _check_s3(s)
     if s.max_connection_requests < 0:
         raise ConfigError(f"max_connection_requests must not be negative, got {s.max_connection_requests}")
     if not s.max_connection_age_seconds >= 0:  # NaN too: it would never close a connection
@@ -343,3 +383,18 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"{name} must be at least 1, got {getattr(s, name)}")
     if s.log_level not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")
+
+
+def _check_s3(s: Settings) -> None:
+    if s.s3_addressing not in S3_ADDRESSING:
+        raise ConfigError(f"s3_addressing must be path or virtual, got {s.s3_addressing!r}")
+    if s.s3_endpoint:
+        parts = urlsplit(s.s3_endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError(
+                f"s3_endpoint must be an http:// or https:// URL with a host, got {s.s3_endpoint!r}"
+            )
+        try:
+            parts.port  # noqa: B018 (urlsplit checks the port only when asked)
+        except ValueError:
+            raise ConfigError(f"s3_endpoint has an invalid port: {s.s3_endpoint!r}") from None

@@ -1,7 +1,10 @@
-"""Getting the model file: local paths as they are, http(s) streamed into a cache named by its sha256.
+"""Getting the model file: local paths as they are, http(s) and s3:// (s3.py) streamed into a cache named by
+its sha256.
 
 Nothing is handed to onnxruntime before its bytes have been checked against the expected sha256, and
 the bytes that were checked are the bytes that get parsed (no second read of a file that may change).
+The `fetch` command (an init container) only leaves a verified file in the cache: it hashes in chunks and
+never holds the model in memory, so that its memory limit need not grow with the model.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import httpx
-from modelship.server import proxies
+from modelship.server import proxies, s3
 from modelship.server.errors import ModelLoadError
 
 log = logging.getLogger("modelship.server.fetch")
@@ -33,8 +36,19 @@ class ModelFile:
     source: str
 
 
+@dataclass(frozen=True)
+class FetchedFile:
+    """A verified model file left on disk, as the `fetch` command reports it."""
+
+    path: Path
+    sha256: str
+    size: int
+    cached: bool  # it was in the cache already: nothing was downloaded
+
+
 def is_remote(uri: str) -> bool:
-    return urlsplit(uri).scheme in ("http", "https")
+    """Whether the model is downloaded into the cache (http(s), s3) rather than read where it is."""
+    return urlsplit(uri).scheme in ("http", "https", "s3")
 
 
 def cache_path(cache_dir: str | os.PathLike[str], sha256: str) -> Path:
@@ -53,7 +67,7 @@ def local_path(uri: str) -> Path:
     if parts.scheme == "":
         return Path(uri)
     raise ModelLoadError(
-        f"unsupported model URI scheme {parts.scheme!r} in {uri}: use file://, a path or http(s)://"
+        f"unsupported model URI scheme {parts.scheme!r} in {uri}: use file://, a path, http(s):// or s3://"
     )
 
 
@@ -76,6 +90,32 @@ def read_verified(path: Path, expected_sha256: str | None, max_bytes: int, sourc
     if expected_sha256 is not None and digest != expected_sha256:
         raise ModelLoadError(f"sha256 mismatch for {source}: expected {expected_sha256}, got {digest}")
     return ModelFile(data=data, sha256=digest, source=source)
+
+
+def hash_file(path: Path, expected_sha256: str | None, max_bytes: int, source: str) -> tuple[str, int]:
+    """The file's digest and size, read in chunks; refused as `read_verified` refuses."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb") as file:
+            stated = os.fstat(file.fileno()).st_size
+            if stated > max_bytes:
+                raise ModelLoadError(f"{source} is {stated} bytes, over the limit of {max_bytes}")
+            while chunk := file.read(_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ModelLoadError(f"{source} is over the limit of {max_bytes} bytes")
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{source} does not exist") from None
+    except IsADirectoryError:
+        raise ModelLoadError(f"{source} is a directory, not an .onnx file") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {source}: {exc.strerror or exc}") from None
+    got = digest.hexdigest()
+    if expected_sha256 is not None and got != expected_sha256:
+        raise ModelLoadError(f"sha256 mismatch for {source}: expected {expected_sha256}, got {got}")
+    return got, size
 
 
 class _Retryable(Exception):
@@ -178,28 +218,81 @@ def _download_once(url: str, dest: Path, expected_sha256: str, max_bytes: int, t
 
 
 def fetch_model(
-    uri: str, expected_sha256: str | None, cache_dir: str, max_bytes: int, *, attempts: int = 4
+    uri: str,
+    expected_sha256: str | None,
+    cache_dir: str,
+    max_bytes: int,
+    *,
+    attempts: int = 4,
+    s3_options: s3.S3Options | None = None,
 ) -> ModelFile:
     """The verified bytes of the model. A remote one comes from the cache when an init container (or an
     earlier start) already fetched it, and is downloaded into the cache otherwise."""
     if not is_remote(uri):
         return read_verified(local_path(uri), expected_sha256, max_bytes, uri)
-    if expected_sha256 is None:
-        raise ModelLoadError(f"a sha256 is required to download {uri} (MODELSHIP_MODEL_SHA256)")
-    dest = cache_path(cache_dir, expected_sha256)
+    expected = _required_digest(uri, expected_sha256)
+    dest = cache_path(cache_dir, expected)
     source = f"{dest} (from {uri})"
     if dest.exists():
         try:
-            cached = read_verified(dest, expected_sha256, max_bytes, source)
+            cached = read_verified(dest, expected, max_bytes, source)
             log.info("using the cached copy of %s at %s", uri, dest)
             return cached
         except ModelLoadError as exc:
-            log.warning("the cached copy is unusable, downloading again: %s", exc)
-            with contextlib.suppress(OSError):
-                dest.unlink()
+            _drop_unusable(dest, exc)
+    _download_into(uri, dest, expected, max_bytes, attempts, s3_options)
+    return read_verified(dest, expected, max_bytes, source)
+
+
+def fetch_file(
+    uri: str,
+    expected_sha256: str | None,
+    cache_dir: str,
+    max_bytes: int,
+    *,
+    attempts: int = 4,
+    s3_options: s3.S3Options | None = None,
+) -> FetchedFile:
+    """What `fetch_model` gets, left verified on disk (in the cache, for a remote model) and never read
+    into memory whole: the `fetch` command's work."""
+    if not is_remote(uri):
+        path = local_path(uri)
+        digest, size = hash_file(path, expected_sha256, max_bytes, uri)
+        return FetchedFile(path, digest, size, cached=False)
+    expected = _required_digest(uri, expected_sha256)
+    dest = cache_path(cache_dir, expected)
+    if dest.exists():
+        try:
+            digest, size = hash_file(dest, expected, max_bytes, f"{dest} (from {uri})")
+            log.info("using the cached copy of %s at %s", uri, dest)
+            return FetchedFile(dest, digest, size, cached=True)
+        except ModelLoadError as exc:
+            _drop_unusable(dest, exc)
+    # The download hashed every byte it wrote, and `dest` appeared only once they matched.
+    _download_into(uri, dest, expected, max_bytes, attempts, s3_options)
+    return FetchedFile(dest, expected, dest.stat().st_size, cached=False)
+
+
+def _required_digest(uri: str, expected_sha256: str | None) -> str:
+    if expected_sha256 is None:
+        raise ModelLoadError(f"a sha256 is required to download {uri} (MODELSHIP_MODEL_SHA256)")
+    return expected_sha256
+
+
+def _drop_unusable(dest: Path, exc: ModelLoadError) -> None:
+    log.warning("the cached copy is unusable, downloading again: %s", exc)
+    with contextlib.suppress(OSError):
+        dest.unlink()
+
+
+def _download_into(
+    uri: str, dest: Path, expected_sha256: str, max_bytes: int, attempts: int, s3_options: s3.S3Options | None
+) -> None:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelLoadError(f"cannot create the model cache {dest.parent}: {exc.strerror or exc}") from None
-    download(uri, dest, expected_sha256, max_bytes, attempts=attempts)
-    return read_verified(dest, expected_sha256, max_bytes, source)
+    if s3.is_s3(uri):
+        s3.download(uri, dest, expected_sha256, max_bytes, options=s3_options, attempts=attempts)
+    else:
+        download(uri, dest, expected_sha256, max_bytes, attempts=attempts)

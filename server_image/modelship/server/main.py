@@ -21,9 +21,10 @@ from modelship.server.app import create_app
 from modelship.server.config import ConfigError, Settings, load_settings
 from modelship.server.connections import ConnectionPolicy
 from modelship.server.errors import ModelLoadError
-from modelship.server.fetch import ModelFile, fetch_model
+from modelship.server.fetch import FetchedFile, ModelFile, fetch_file, fetch_model
 from modelship.server.metrics import Metrics
 from modelship.server.runtime import ModelRuntime
+from modelship.server.s3 import S3Options
 from modelship.server.state import ServerState
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -43,6 +44,14 @@ def report_failure(path: str, message: str) -> None:
         log.warning("cannot write the termination log %s: %s", path, exc.strerror or exc)
 
 
+def s3_options(settings: Settings) -> S3Options:
+    return S3Options(
+        endpoint=settings.s3_endpoint or None,
+        region=settings.s3_region or None,
+        addressing=settings.s3_addressing,
+    )
+
+
 def fetch(settings: Settings) -> ModelFile:
     """The verified model file the settings name: what `fetch` leaves in the cache and `serve` loads."""
     return fetch_model(
@@ -51,7 +60,62 @@ def fetch(settings: Settings) -> ModelFile:
         settings.cache_dir,
         settings.max_model_bytes,
         attempts=settings.fetch_attempts,
+        s3_options=s3_options(settings),
     )
+
+
+def fetch_success_line(uri: str, fetched: FetchedFile, seconds: float) -> str:
+    """The JSON line a successful `fetch` leaves in its termination log, where the operator reads it (the
+    kubelet's termination message of the init container): the model's digest, size and fetch time."""
+
+    def line(shown: str) -> str:
+        report = {
+            "uri": shown,
+            "sha256": fetched.sha256,
+            "size": fetched.size,
+            "fetchSeconds": round(seconds, 3),
+            "cached": fetched.cached,
+        }
+        return orjson.dumps(report).decode()
+
+    text, kept = line(uri), len(uri)
+    # The kubelet keeps 4096 bytes: a line cut there would not parse, a URI cut short leaves the rest.
+    while (excess := len(text.encode()) + 1 - _TERMINATION_MESSAGE_LIMIT) > 0:
+        kept = max(0, kept - excess - 3)
+        text = line(uri[:kept] + "...")
+    return text
+
+
+def fetch_command(settings: Settings) -> int:
+    """`fetch`: leave the verified model in the cache, and say so in the termination log."""
+    started = time.perf_counter()
+    try:
+        fetched = fetch_file(
+            settings.model_uri,
+            settings.model_sha256,
+            settings.cache_dir,
+            settings.max_model_bytes,
+            attempts=settings.fetch_attempts,
+            s3_options=s3_options(settings),
+        )
+    except ModelLoadError as exc:
+        report_failure(settings.termination_log, f"model fetch failed: {exc}")
+        return 1
+    seconds = time.perf_counter() - started
+    log.info(
+        "model %s %s (sha256 %s, %d bytes, %.3fs)",
+        settings.model_uri,
+        "found verified in the cache" if fetched.cached else f"verified at {fetched.path}",
+        fetched.sha256,
+        fetched.size,
+        seconds,
+    )
+    try:
+        with open(settings.termination_log, "w", encoding="utf-8") as out:
+            out.write(fetch_success_line(settings.model_uri, fetched, seconds) + "\n")
+    except OSError as exc:
+        log.warning("cannot write the termination log %s: %s", settings.termination_log, exc.strerror or exc)
+    return 0
 
 
 def load_runtime(settings: Settings) -> ModelRuntime:
@@ -550,11 +614,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if settings.command == "fetch":
-        try:
-            model = fetch(settings)
-        except ModelLoadError as exc:
-            report_failure(settings.termination_log, f"model fetch failed: {exc}")
-            return 1
-        log.info("model %s verified (sha256 %s)", model.source, model.sha256)
-        return 0
+        return fetch_command(settings)
     return _run(settings)
