@@ -143,6 +143,26 @@ CASES = {
         32,
         5.0,
     ),
+    "s3": Case(
+        md_body(
+            model={
+                "uri": "s3://models/iris/3/model.onnx",
+                "s3": {
+                    "endpoint": "http://minio.storage:9000/",
+                    "region": "eu-west-1",
+                    "addressing": "path",
+                    "credentialsSecretRef": {"name": "store"},
+                },
+            }
+        ),
+        "iris",
+        "3",
+        "s3://models/iris/3/model.onnx",
+        SHA,
+        1,
+        32,
+        5.0,
+    ),
     "secret-and-user-env": Case(
         md_body(
             server={
@@ -307,3 +327,26 @@ def test_user_env_is_passed_through_and_never_read_by_the_server() -> None:
         kinds = {next(iter(item["valueFrom"])) for item in user if "valueFrom" in item}
         assert kinds == {"secretKeyRef", "fieldRef"}
     assert not {item["name"] for item in USER_ENV} & set(config.ENVIRONMENT)
+
+
+def test_the_s3_settings_reach_the_fetch_as_the_spec_gave_them_and_the_keys_the_init_container_only() -> None:
+    case = CASES["s3"]
+    containers = _containers(_pod(case))
+    fetch = _load(containers[naming.INIT_CONTAINER])
+    assert (fetch.s3_endpoint, fetch.s3_region, fetch.s3_addressing) == (
+        "http://minio.storage:9000",
+        "eu-west-1",
+        "path",
+    )
+    # obstore reads the standard AWS variables itself: the names the kubelet sets from the Secret.
+    keys = {
+        item["name"]: item["valueFrom"]["secretKeyRef"]["key"]
+        for item in containers[naming.INIT_CONTAINER]["env"]
+        if item["name"].startswith("AWS_")
+    }
+    assert keys == {
+        name: name for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+    }
+    assert not [
+        item for item in containers[naming.SERVER_CONTAINER]["env"] if item["name"].startswith("AWS_")
+    ]

@@ -21,6 +21,7 @@ from tests.crd_schema import defaulted, refusals, rules
 from tests.operator.factories import SHA, md_body
 
 HTTPS = "https://models.example.com/iris/3/model.onnx"
+S3 = "s3://models/iris/3/model.onnx"
 
 
 def body(name: str = "iris", **fields: Any) -> dict[str, Any]:
@@ -77,6 +78,27 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
     ("http-uri", body(model={"uri": "http://store.local/iris.onnx"})),
     ("file-uri-without-sha", without("model.sha256", model={"uri": "file:///models/iris.onnx"})),
     ("pvc-uri", without("model.sha256", model={"version": "2024.06-01", "uri": "pvc://models/iris/3.onnx"})),
+    ("s3-uri", body(model={"uri": S3})),
+    (
+        "s3-settings",
+        body(
+            model={
+                "uri": "s3://my.models-2/iris/3/model.onnx",
+                "s3": {
+                    "endpoint": "https://minio.storage.svc:9000/",
+                    "region": "eu-west-1",
+                    "addressing": "virtual",
+                    "credentialsSecretRef": {"name": "s3-reader"},
+                },
+            },
+            env=[{"name": "AWS_REGION", "value": "eu-west-1"}],
+        ),
+    ),
+    ("s3-ip-endpoint-path-style", body(model={"uri": S3, "s3": {"endpoint": "http://10.0.0.7:9000"}})),
+    (
+        "s3-pod-credentials-from-env",
+        body(model={"uri": S3}, env=[{"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {}}}]),
+    ),
     ("model-name", body(model={"name": "iris_classifier.v2"})),
     (
         "quantities-as-numbers",
@@ -158,9 +180,58 @@ BAD: list[Any] = [
         id="model-name-with-a-space",
     ),
     pytest.param(
-        body(model={"uri": "s3://bucket/iris.onnx"}),
-        "uri must start with one of https://, http://, file:// or pvc://",
+        body(model={"uri": "gs://bucket/iris.onnx"}),
+        "uri must start with one of https://, http://, s3://, file:// or pvc://",
         id="unknown-scheme",
+    ),
+    pytest.param(
+        without("model.sha256", model={"uri": S3}),
+        "sha256 is required for an s3 uri (an ETag is not a digest)",
+        id="s3-without-sha",
+    ),
+    pytest.param(
+        body(model={"uri": "s3://models/"}), "an s3 uri names a bucket and a key", id="s3-without-key"
+    ),
+    pytest.param(
+        body(model={"uri": "s3://Models/iris.onnx"}), "an s3 uri names a bucket and a key", id="s3-bad-bucket"
+    ),
+    pytest.param(
+        body(model={"s3": {"region": "eu-west-1"}}),
+        "s3 settings apply only to an s3:// uri",
+        id="s3-settings-for-https",
+    ),
+    pytest.param(
+        body(model={"uri": S3, "s3": {"endpoint": "http://minio:9000/models"}}),
+        "an s3 endpoint is a URL without a path",
+        id="s3-endpoint-with-a-path",
+    ),
+    pytest.param(
+        body(model={"uri": S3, "s3": {"endpoint": "http://10.0.0.7:9000", "addressing": "virtual"}}),
+        "virtual-host addressing puts the bucket in the host name",
+        id="s3-virtual-addressing-with-an-ip",
+    ),
+    pytest.param(
+        body(model={"uri": S3, "s3": {"addressing": "dns"}}),
+        "spec.model.s3.addressing: 'dns' is not one of",
+        id="s3-unknown-addressing",
+    ),
+    pytest.param(
+        body(model={"uri": S3, "s3": {"region": "EU West"}}),
+        "spec.model.s3.region: 'EU West' does not match",
+        id="s3-bad-region",
+    ),
+    pytest.param(
+        body(model={"uri": S3, "s3": {"credentialsSecretRef": {}}}),
+        "'name' is a required property",
+        id="s3-secret-without-name",
+    ),
+    pytest.param(
+        body(
+            model={"uri": S3, "s3": {"credentialsSecretRef": {"name": "s3"}}},
+            env=[{"name": "AWS_ACCESS_KEY_ID", "value": "x"}],
+        ),
+        "env must not set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_SESSION_TOKEN",
+        id="s3-credentials-twice",
     ),
     pytest.param(
         without("model.sha256"),

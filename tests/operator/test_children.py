@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from modelship.operator import children, manifests, reasons, spec
 from modelship.operator.reasons import Failure
 
+from tests.operator import factories
 from tests.operator.factories import live, md_body, pod, ready_deployment
 
 
@@ -166,3 +169,37 @@ def test_children_hold_one_field_per_row_of_the_kinds_table() -> None:
     bodies = {kind: [{"metadata": {"name": kind.lower()}}] for kind in kinds.CHILD_KINDS}
     got = children.Children.from_kinds(bodies)
     assert all(got.of(kind) == bodies[kind] for kind in kinds.CHILD_KINDS)
+
+
+def _fetched(record: object, exit_code: int = 0) -> dict[str, object]:
+    message = record if isinstance(record, str) else json.dumps(record)
+    return {"state": {"terminated": {"exitCode": exit_code, "message": message}}}
+
+
+ARTIFACT = {"uri": "s3://models/iris/3/model.onnx", "sha256": "ab" * 32, "size": 2048, "fetchSeconds": 0.1234}
+
+
+def test_the_artifact_is_what_the_fetch_init_container_reported() -> None:
+    pods = [
+        factories.pod("r1", "iris-r1-b", ready=True, init=_fetched({**ARTIFACT, "fetchSeconds": 9.0})),
+        factories.pod("r1", "iris-r1-a", ready=True, init=_fetched({**ARTIFACT, "cached": False})),
+        factories.pod("r2", "iris-r2-a", init=_fetched("model fetch failed: NoSuchKey", exit_code=1)),
+    ]
+    # The first pod's, whatever the order the cache lists them in; nothing for a failed fetch.
+    assert children.artifacts(pods) == {"r1": {**ARTIFACT, "fetchSeconds": 0.123}}
+    assert children.artifacts(reversed(pods)) == {"r1": {**ARTIFACT, "fetchSeconds": 0.123}}
+
+
+def test_an_artifact_record_is_read_only_as_far_as_it_has_the_right_shape() -> None:
+    def read(record: object) -> object:
+        return children.artifacts([factories.pod("r1", init=_fetched(record))]).get("r1")
+
+    assert read("model ok") is None  # an older server's plain line
+    assert read(["uri"]) is None
+    assert read({"uri": "s3://b/k"}) is None
+    assert read({**ARTIFACT, "size": "2048", "fetchSeconds": True}) == {
+        "uri": ARTIFACT["uri"],
+        "sha256": "ab" * 32,
+    }
+    assert read({**ARTIFACT, "uri": "x" * 5000}) is None
+    assert children.artifacts([factories.pod("r1")]) == {}  # still fetching

@@ -209,6 +209,24 @@ def test_an_older_operator_without_rollout_status_shows_the_serving_model() -> N
     assert field(output, "Strategy") == "Canary"
 
 
+def test_the_stable_artifact_is_shown_as_its_pods_reported_it() -> None:
+    model = {
+        "version": "1",
+        "revision": STABLE,
+        "uri": "s3://models/iris/1/model.onnx",
+        "sha256": "42fce6f8" * 8,
+    }
+    output = text(md({"phase": "Healthy", "model": {**model, "size": 2150, "fetchSeconds": 0.1234}}))
+    assert (
+        field(output, "Artifact")
+        == "s3://models/iris/1/model.onnx (2.1 KiB, sha256 42fce6f842fc, fetched in 0.12s)"
+    )
+    assert field(text(md({"model": {**model, "fetchSeconds": 0}})), "Artifact").endswith(
+        "(sha256 42fce6f842fc, from the pod's cache)"
+    )
+    assert "Artifact" not in labels(text(md({"model": {"version": "1", "revision": STABLE}})))
+
+
 def test_mid_rollout_paused() -> None:
     output = text(md(MID_ROLLOUT))
     assert field(output, "Phase") == "Paused"

@@ -154,6 +154,40 @@ def test_an_auth_secret_is_mounted_for_the_server_only() -> None:
     assert not any(m["name"] == "auth-token" for m in pod["initContainers"][0]["volumeMounts"])
 
 
+S3_URI = "s3://models/iris/3/model.onnx"
+
+
+def test_s3_credentials_reach_the_init_container_only_and_as_references_to_their_secret() -> None:
+    revision = revision_of(
+        model={
+            "uri": S3_URI,
+            "s3": {"endpoint": "http://minio.storage:9000/", "credentialsSecretRef": {"name": "s3-reader"}},
+        }
+    )
+    init, server = revision.template["spec"]["initContainers"][0], revision.template["spec"]["containers"][0]
+    for container in (init, server):
+        assert env_of(container)["MODELSHIP_S3_ENDPOINT"] == "http://minio.storage:9000"
+        assert "MODELSHIP_S3_REGION" not in env_of(container)
+    refs = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in init["env"] if "valueFrom" in item}
+    assert refs == {
+        "AWS_ACCESS_KEY_ID": {"name": "s3-reader", "key": "AWS_ACCESS_KEY_ID"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "s3-reader", "key": "AWS_SECRET_ACCESS_KEY"},
+        "AWS_SESSION_TOKEN": {"name": "s3-reader", "key": "AWS_SESSION_TOKEN", "optional": True},
+    }
+    assert not any(item["name"].startswith("AWS_") for item in server["env"])
+    # The Secret's content is not in the template: a fixed Secret is read by the next retry of the same
+    # revision, no rollout needed.
+    assert "s3-reader" in str(revision.template) and "secretKeyRef" not in str(server)
+
+
+def test_s3_without_settings_leaves_it_to_the_pods_environment() -> None:
+    revision = revision_of(model={"uri": S3_URI})
+    for container in (*revision.template["spec"]["initContainers"], *revision.template["spec"]["containers"]):
+        assert not [
+            item["name"] for item in container["env"] if "S3" in item["name"] or "AWS" in item["name"]
+        ]
+
+
 def test_placement_is_passed_through() -> None:
     toleration = {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}
     revision = revision_of(

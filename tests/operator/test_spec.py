@@ -45,6 +45,21 @@ def test_a_pvc_uri_splits_into_claim_and_path() -> None:
     assert spec.parse(md_body()).model.pvc is None
 
 
+def test_an_s3_uri_gets_its_access_settings_and_only_an_s3_uri_does() -> None:
+    model = spec.parse(md_body(model={"uri": "s3://models/iris/3/model.onnx"})).model
+    assert model.s3 == spec.S3Access()
+    access = {
+        "endpoint": "https://minio:9000/",
+        "region": "eu-west-1",
+        "credentialsSecretRef": {"name": "s3"},
+    }
+    model = spec.parse(md_body(model={"uri": "s3://models/a.onnx", "s3": access})).model
+    assert model.s3 == spec.S3Access(
+        endpoint="https://minio:9000", region="eu-west-1", credentials_secret="s3"
+    )
+    assert spec.parse(md_body()).model.s3 is None
+
+
 def test_a_pvc_uri_without_a_path_is_an_error_for_the_user() -> None:
     with pytest.raises(spec.SpecError, match="pvc://<claim>/<path"):
         spec.parse(md_body(model={"uri": "pvc://models"}))

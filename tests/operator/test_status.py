@@ -35,6 +35,7 @@ def compute(
     errors: tuple[str, ...] = (),
     rolled_back: bool = False,
     hpa: dict[str, Any] | None = None,
+    artifacts: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The status for these revisions; `failure` is the target's (children.revision_failure),
     shown to the step function too when `rolled_back`."""
@@ -50,7 +51,12 @@ def compute(
     outcome = steps.advance(md.rollout, state.RolloutState.from_status(md.status), seen_now, 0.0)
     plan = plan_of(revision.revision, outcome, observed.get(revision.revision))
     seen = st.StatusInputs(
-        revisions=observed, target_failure=failure, apply_errors=errors, rollout=outcome, autoscaler=hpa
+        revisions=observed,
+        target_failure=failure,
+        apply_errors=errors,
+        rollout=outcome,
+        autoscaler=hpa,
+        artifacts=artifacts or {},
     )
     return st.compute_status(md, revision, plan, seen, now=NOW)
 
@@ -99,6 +105,26 @@ def test_a_complete_revision_is_ready_and_healthy() -> None:
     assert status["model"]["version"] == "3"
     assert status["model"]["revision"] == status["revisions"][0]["revision"]
     assert status["revisions"][0]["role"] == "stable"
+
+
+ARTIFACT = {"uri": "s3://models/iris/3/model.onnx", "sha256": "ab" * 32, "size": 2048, "fetchSeconds": 0.5}
+
+
+def test_the_model_names_the_artifact_the_stable_pods_fetched_and_keeps_it_without_pods() -> None:
+    body = md_body(replicas=2)
+    rev = target_of(body)
+    status = compute(body, ready_target(body), artifacts={rev: ARTIFACT, "other": {**ARTIFACT, "size": 1}})
+    assert status["model"] == {"name": "iris", "version": "3", "revision": rev, **ARTIFACT}
+    # Scaled to zero, or every pod replaced at once: what the revision's pods said still holds ...
+    again = compute({**body, "status": status}, ready_target(body, ready=0, wanted=0))
+    assert again["model"] == status["model"]
+    # ... but never for another revision.
+    stale = {**status, "model": {**status["model"], "revision": "old"}}
+    assert compute({**body, "status": stale}, ready_target(body))["model"] == {
+        "name": "iris",
+        "version": "3",
+        "revision": rev,
+    }
 
 
 def test_scaled_to_zero_is_ready() -> None:

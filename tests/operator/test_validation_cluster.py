@@ -77,8 +77,40 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "unknown-scheme",
-        model_spec(model=model(uri="s3://bucket/iris.onnx")),
-        "uri must start with one of https://, http://, file:// or pvc://",
+        model_spec(model=model(uri="gs://bucket/iris.onnx")),
+        "uri must start with one of https://, http://, s3://, file:// or pvc://",
+    ),
+    (
+        "s3-without-sha",
+        model_spec(model={"version": "3", "uri": "s3://models/iris/3/model.onnx"}),
+        "sha256 is required for an s3 uri (an ETag is not a digest)",
+    ),
+    (
+        "s3-without-key",
+        model_spec(model=model(uri="s3://models/")),
+        "an s3 uri names a bucket and a key",
+    ),
+    (
+        "s3-settings-for-https",
+        model_spec(model=model(s3={"endpoint": "http://minio.storage:9000"})),
+        "s3 settings apply only to an s3:// uri",
+    ),
+    (
+        "s3-virtual-addressing-with-an-ip",
+        model_spec(
+            model=model(
+                uri="s3://models/iris.onnx", s3={"endpoint": "http://10.0.0.7:9000", "addressing": "virtual"}
+            )
+        ),
+        "virtual-host addressing puts the bucket in the host name",
+    ),
+    (
+        "s3-credentials-twice",
+        model_spec(
+            model=model(uri="s3://models/iris.onnx", s3={"credentialsSecretRef": {"name": "s3"}}),
+            env=[{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}],
+        ),
+        "env must not set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_SESSION_TOKEN",
     ),
     (
         "https-without-sha",

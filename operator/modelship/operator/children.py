@@ -8,6 +8,7 @@ revision that cannot serve, in the server's own words (its container's terminati
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -223,6 +224,49 @@ def revision_failure(
     if state is not None and state.failure is not None and not state.complete:
         return Failure(state.failure.reason, f"{what}: {state.failure.message}")
     return None
+
+
+def _artifact(pod: Body) -> dict[str, Any] | None:
+    """What the pod's init container reported on success: one line of JSON (the server's `fetch`).
+    Only the fields the status has room for, of their type: the line is the pod's to write."""
+    for container in bodies.status_of(pod).get("initContainerStatuses") or ():
+        if container.get("name") != naming.INIT_CONTAINER:
+            continue
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode") != 0:
+            return None
+        try:
+            record = json.loads(terminated.get("message") or "")
+        except ValueError:
+            return None
+        if not isinstance(record, dict):
+            return None
+        uri, sha256 = record.get("uri"), record.get("sha256")
+        size, seconds = record.get("size"), record.get("fetchSeconds")
+        if not (isinstance(uri, str) and isinstance(sha256, str) and len(uri) <= 2048 and len(sha256) <= 64):
+            return None
+        found: dict[str, Any] = {"uri": uri, "sha256": sha256}
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+            found["size"] = size
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+            found["fetchSeconds"] = round(float(seconds), 3)
+        return found
+    return None
+
+
+def artifacts(pods: Iterable[Body]) -> dict[str, dict[str, Any]]:
+    """Per revision, the artifact its pods fetched: the record of the pod that started first, so that
+    the status does not change as pods come and go."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def started(pod: Body) -> tuple[str, str]:
+        return str(bodies.meta(pod).get("creationTimestamp") or ""), bodies.name_of(pod)
+
+    for pod in sorted(pods, key=started):
+        revision = bodies.revision_of(pod)
+        if revision and revision not in found and (record := _artifact(pod)) is not None:
+            found[revision] = record
+    return found
 
 
 def unschedulable_message(pods: Iterable[Body], revision: str) -> str | None:

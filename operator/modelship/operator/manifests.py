@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelship.operator import autoscaling, bodies, naming, quantities
-from modelship.operator.spec import ModelDeployment
+from modelship.operator import autoscaling, bodies, naming, quantities, validation
+from modelship.operator.spec import ModelDeployment, S3Access
 
 Manifest = dict[str, Any]
 
@@ -79,9 +79,41 @@ def _env(md: ModelDeployment) -> list[dict[str, Any]]:
             f"{naming.AUTH_MOUNT_DIR}/token" if md.server.auth_secret else None,
         ),
         ("MODELSHIP_MIRROR_FILE", naming.MIRROR_FILE),
+        *_s3_env(md.model.s3),
     ]
     env = [{"name": name, "value": str(value)} for name, value in values if value is not None]
     return env + [dict(item) for item in md.placement.env]
+
+
+def _s3_env(s3: S3Access | None) -> list[tuple[str, str | None]]:
+    if s3 is None:
+        return []
+    return [
+        ("MODELSHIP_S3_ENDPOINT", s3.endpoint),
+        ("MODELSHIP_S3_REGION", s3.region),
+        ("MODELSHIP_S3_ADDRESSING", s3.addressing),
+    ]
+
+
+def _credentials_env(s3: S3Access | None) -> list[Manifest]:
+    """The s3 credentials, as references to their Secret: the kubelet resolves them when it starts the
+    init container (so a fixed Secret is read by the next retry, without a new revision), and neither
+    the Deployment nor the server container ever holds them."""
+    if s3 is None or s3.credentials_secret is None:
+        return []
+    return [
+        {
+            "name": key,
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": s3.credentials_secret,
+                    "key": key,
+                    **({"optional": True} if key == "AWS_SESSION_TOKEN" else {}),
+                }
+            },
+        }
+        for key in validation.S3_CREDENTIAL_KEYS
+    ]
 
 
 def _volumes(md: ModelDeployment) -> tuple[list[Manifest], list[Manifest], list[Manifest]]:
@@ -177,6 +209,7 @@ def pod_template(md: ModelDeployment, *, server_image: str) -> Manifest:
                 **copy.deepcopy(common_container),
                 "args": ["fetch"],
                 "volumeMounts": init_mounts,
+                "env": copy.deepcopy(env) + _credentials_env(md.model.s3),
             }
         ],
         "containers": [

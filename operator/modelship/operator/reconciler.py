@@ -21,7 +21,7 @@ from modelship.operator import autoscaling, bodies, kinds, manifests, naming, re
 from modelship.operator import client as kube
 from modelship.operator import status as status_
 from modelship.operator.bodies import Body
-from modelship.operator.children import Children, unschedulable_message
+from modelship.operator.children import Children, artifacts, unschedulable_message
 from modelship.operator.config import OperatorConfig
 from modelship.operator.decisions import Annotate, Apply, Decision, Delete, decide, measurement_due
 from modelship.operator.drift import Difference
@@ -372,6 +372,7 @@ class Reconciler:
             apply_errors=tuple(errors),
             rollout=decision.rollout,
             autoscaler=bodies.status_of(hpa) if hpa is not None else None,
+            artifacts=artifacts(pods),
         )
         new = status_.compute_status(md, decision.revision, decision.plan, seen, now=self._clock())
         await self._patch_status(md.key, md.status, new, tally, md=md, started_at=started_at)

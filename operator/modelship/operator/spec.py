@@ -18,11 +18,22 @@ from modelship.operator.validation import SpecError
 
 
 @dataclass(frozen=True)
+class S3Access:
+    """How the pod reaches an s3:// model; None fields: the pod's environment decides."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    addressing: str | None = None  # path or virtual
+    credentials_secret: str | None = None  # a Secret with the AWS_* keys, read by the init container only
+
+
+@dataclass(frozen=True)
 class ModelSource:
     name: str
     version: str
     uri: str
     sha256: str | None
+    s3: S3Access | None = None  # set for every s3:// uri, empty without spec.model.s3
 
     @property
     def scheme(self) -> str:
@@ -235,6 +246,16 @@ class ModelDeployment:
         }
 
 
+def _s3(raw: Mapping[str, Any]) -> S3Access:
+    ref = raw.get("credentialsSecretRef") or {}
+    return S3Access(
+        endpoint=str(raw["endpoint"]).rstrip("/") if raw.get("endpoint") else None,
+        region=raw.get("region") or None,
+        addressing=raw.get("addressing") or None,
+        credentials_secret=ref.get("name") or None,
+    )
+
+
 def parse(body: Mapping[str, Any]) -> ModelDeployment:
     """Read a ModelDeployment body (as stored by the API server) into typed values."""
     meta = bodies.meta(body)
@@ -258,6 +279,7 @@ def parse(body: Mapping[str, Any]) -> ModelDeployment:
             version=str(model["version"]),
             uri=str(model["uri"]),
             sha256=model.get("sha256") or None,
+            s3=_s3(model.get("s3") or {}) if str(model["uri"]).startswith("s3://") else None,
         ),
         replicas=spec.get("replicas"),
         autoscaling=_autoscaling(autoscaling) if autoscaling else None,

@@ -8,7 +8,7 @@ lastTransitionTime unless their status flips.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelship.operator import autoscaling, bodies, naming, reasons
@@ -33,6 +33,7 @@ class StatusInputs:
     apply_errors: Sequence[str] = ()
     rollout: StepResult | None = None
     autoscaler: Mapping[str, Any] | None = None  # the live HPA's status; None: there is no HPA
+    artifacts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # children.artifacts
 
 
 @dataclass(frozen=True)
@@ -146,14 +147,29 @@ def _phase(ready: Condition, degraded: Condition, paused: str | None) -> str:
     return reasons.PHASE_PAUSED if paused else reasons.PHASE_PROGRESSING
 
 
-def _model(revision: Revision, stable: RevisionState | None) -> dict[str, Any]:
+_ARTIFACT_FIELDS = ("uri", "sha256", "size", "fetchSeconds")
+
+
+def _model(
+    revision: Revision,
+    stable: RevisionState | None,
+    artifacts: Mapping[str, Mapping[str, Any]],
+    previous: Mapping[str, Any],
+) -> dict[str, Any]:
     if stable is None:
         return {"name": revision.model_name}
-    return {
+    model = {
         "name": stable.model_name or revision.model_name,
         "version": stable.version,
         "revision": stable.revision,
     }
+    # No pod to ask (scaled to 0, all replaced at once): what the revision's pods said before holds.
+    artifact = artifacts.get(stable.revision)
+    if artifact is None and previous.get("revision") == stable.revision:
+        artifact = previous
+    if artifact is not None:
+        model.update({key: artifact[key] for key in _ARTIFACT_FIELDS if key in artifact})
+    return model
 
 
 def compute_status(
@@ -177,7 +193,12 @@ def compute_status(
     ]
     states = list(seen.revisions.values())
     ready_total = sum(s.ready_replicas for s in states)
-    model = _model(revision, seen.revisions.get(plan.stable) if plan.stable else None)
+    model = _model(
+        revision,
+        seen.revisions.get(plan.stable) if plan.stable else None,
+        seen.artifacts,
+        md.status.get("model") or {},
+    )
     return {
         "observedGeneration": md.generation,
         "phase": _phase(ready, degraded, facts.paused),

@@ -26,15 +26,23 @@ _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_.-]*[a-zA-Z0-9])?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+# The keys of an s3 credentials Secret, and the variables the init container gets them as.
+S3_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_S3_ENDPOINT = re.compile(r"^https?://[^/?#@]+/?$")
+_IP_ENDPOINT = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[0-9.]+)(:[0-9]+)?/?$")
+_REGION = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _URIS = {
     "https://": re.compile(r"^https?://[^/?#]+/.+$"),
     "http://": re.compile(r"^https?://[^/?#]+/.+$"),
+    "s3://": re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^/].*$"),
     "file://": re.compile(r"^file:///[^/].*$"),
     "pvc://": re.compile(r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[^/].*$"),
 }
 _FORMS = {
     "https://": "https://<host>/<path>",
     "http://": "http://<host>/<path>",
+    "s3://": "s3://<bucket>/<path/to/model.onnx>",
     "file://": "file:///<absolute path in the pod>",
     "pvc://": "pvc://<claim>/<path/to/model.onnx>",
 }
@@ -89,14 +97,43 @@ def check_model(model: Mapping[str, Any]) -> None:
         _fail("spec.model.uri", "must be a string")
     scheme = next((s for s in _URIS if uri.startswith(s)), None)
     if scheme is None:
-        _fail("spec.model.uri", "uri must start with one of https://, http://, file:// or pvc://")
+        _fail("spec.model.uri", "uri must start with one of https://, http://, s3://, file:// or pvc://")
     if not _URIS[scheme].match(uri):
         _fail("spec.model.uri", f"{uri!r}: expected {_FORMS[scheme]}")
     sha = model.get("sha256")
-    if scheme in ("https://", "http://") and not sha:
-        _fail("spec.model.sha256", "an http(s) model needs its sha256")
+    if scheme in ("https://", "http://", "s3://") and not sha:
+        _fail("spec.model.sha256", f"an {'s3' if scheme == 's3://' else 'http(s)'} model needs its sha256")
     if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
         _fail("spec.model.sha256", "must be 64 lowercase hex characters")
+    if "s3" in model:
+        if scheme != "s3://":
+            _fail("spec.model.s3", "s3 settings apply only to an s3:// uri")
+        _check_s3(model["s3"])
+
+
+def _check_s3(s3: Any) -> None:
+    if not isinstance(s3, Mapping):
+        _fail("spec.model.s3", "must be an object")
+    endpoint = s3.get("endpoint")
+    if endpoint is not None and (not isinstance(endpoint, str) or not _S3_ENDPOINT.match(endpoint)):
+        _fail("spec.model.s3.endpoint", "an s3 endpoint is a URL without a path: http(s)://<host>[:port]")
+    region = s3.get("region")
+    if region is not None and (not isinstance(region, str) or len(region) > 64 or not _REGION.match(region)):
+        _fail("spec.model.s3.region", f"{region!r} is not a region name such as eu-west-1")
+    addressing = s3.get("addressing")
+    if addressing is not None and addressing not in ("path", "virtual"):
+        _fail("spec.model.s3.addressing", f"{addressing!r}: expected path or virtual")
+    if addressing == "virtual" and endpoint is not None and _IP_ENDPOINT.match(endpoint):
+        _fail(
+            "spec.model.s3",
+            "virtual-host addressing puts the bucket in the host name, which an IP address endpoint "
+            "cannot have: use addressing: path",
+        )
+    ref = s3.get("credentialsSecretRef")
+    if ref is not None:
+        name = ref.get("name") if isinstance(ref, Mapping) else None
+        if not isinstance(name, str) or len(name) > 253 or not _SECRET_NAME.match(name):
+            _fail("spec.model.s3.credentialsSecretRef.name", f"{name!r} is not a Secret name")
 
 
 def check_scaling(spec: Mapping[str, Any]) -> None:
@@ -195,6 +232,11 @@ def check_server(server: Mapping[str, Any]) -> None:
         _fail("spec.server.authSecretRef.name", "is required")
 
 
+def _s3_secret(spec: Mapping[str, Any]) -> bool:
+    s3 = (spec.get("model") or {}).get("s3")
+    return isinstance(s3, Mapping) and "credentialsSecretRef" in s3
+
+
 def check_pod(spec: Mapping[str, Any]) -> None:
     for index, item in enumerate(spec.get("env") or ()):
         name = item.get("name") if isinstance(item, Mapping) else None
@@ -202,6 +244,8 @@ def check_pod(spec: Mapping[str, Any]) -> None:
             _fail(f"spec.env[{index}].name", "is required")
         if str(name).startswith("MODELSHIP_"):
             _fail(f"spec.env[{index}].name", "MODELSHIP_ variables are the operator's")
+        if str(name) in S3_CREDENTIAL_KEYS and _s3_secret(spec):
+            _fail(f"spec.env[{index}].name", f"{name} comes from spec.model.s3.credentialsSecretRef")
     for index, toleration in enumerate(spec.get("tolerations") or ()):
         if toleration.get("operator", "Equal") not in ("Exists", "Equal"):
             _fail(f"spec.tolerations[{index}].operator", "must be Exists or Equal")

@@ -189,6 +189,30 @@ def _condition_lines(conditions: Sequence[Any]) -> list[str]:
 LABEL_WIDTH = 14
 
 
+def _size(value: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return None
+
+
+def _artifact(model: Mapping[str, Any]) -> str:
+    """What the stable pods fetched: `s3://b/k (2.1 KiB, sha256 42fce6f8e718, fetched in 0.12s)`."""
+    facts = [
+        _size(model.get("size")),
+        f"sha256 {_text(model['sha256'])[:12]}" if model.get("sha256") else None,
+    ]
+    seconds = model.get("fetchSeconds")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        facts.append(f"fetched in {seconds:.2f}s" if seconds else "from the pod's cache")
+    known = [fact for fact in facts if fact]
+    return _text(model["uri"]) + (f" ({', '.join(known)})" if known else "")
+
+
 def _field(label: str, value: str) -> str:
     return f"{label + ':':<{LABEL_WIDTH}}{value}"
 
@@ -249,6 +273,8 @@ def format_rollout(md: Mapping[str, Any], *, now: datetime) -> str:
             ),
         )
     )
+    if served.get("uri"):
+        lines.append(_field("Artifact", _artifact(served)))
     if in_progress:
         lines.append(_field("Canary", _revision(rollout["canaryRevision"], rollout.get("canaryVersion"))))
     else:
