@@ -23,7 +23,7 @@ import pytest
 from modelship.server import s3
 from modelship.server.errors import ModelLoadError
 from modelship.server.fetch import FetchedFile, cache_path, fetch_file, fetch_model
-from modelship.server.main import fetch_success_line
+from modelship.server.fetch_command import fetch_success_line
 from modelship.server.s3 import S3Options
 
 from tests import loopback

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from modelship.server.main import IDLE_CLOSE_SECONDS
+from modelship.server.serving import IDLE_CLOSE_SECONDS
 
 from tests.server import models
 from tests.server.conftest import ModelHost, StartServer

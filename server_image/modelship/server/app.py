@@ -28,7 +28,7 @@ class InferenceFastPath:
     Once `draining()` is true, every response carries `Connection: close`: uvicorn (httptools or h11)
     then closes the connection after it, and the client reconnects to a pod that is not going away.
     A connection that has used up its budget (connections.py) gets the same header from the protocol
-    (main.py, `_DrainableHttp`), for every response whoever sends it, at no cost to this path.
+    (serving.py, `_DrainableHttp`), for every response whoever sends it, at no cost to this path.
     """
 
     def __init__(self, app: FastAPI, routes: list[Route], draining: Callable[[], bool]) -> None:

@@ -19,7 +19,7 @@ not counted meanwhile. What a request adds after the run (outputs only the run c
 response) is granted at once, within its own budget: the run has made them already.
 
 A response is held until the client has taken it: the reservation is kept, at the size of the encoded
-response, until the connection's write buffer has drained (main.py closes a connection whose client
+response, until the connection's write buffer has drained (serving.py closes a connection whose client
 stops reading), so that clients that read slowly cannot pile responses up beyond the budget.
 
 Small requests skip the accounting entirely: below `SMALL_REQUEST_BYTES` a reservation costs more than
