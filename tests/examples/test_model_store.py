@@ -29,6 +29,8 @@ import yaml
 from tests.conftest import ROOT
 
 STORE_URL = "http://models.modelship-store.svc.cluster.local"
+# The same files in the store's S3 server (hack/models), bucket `models`.
+S3_STORE_URL = "s3://models"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 BUILD_SCRIPT = ROOT / "hack" / "model-store" / "build_models.py"
 
@@ -132,11 +134,19 @@ def _models_of_examples() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+def _store_path(uri: str) -> str | None:
+    """The model's path in the store, whether the example reads it over HTTP or from S3."""
+    for store in (STORE_URL, S3_STORE_URL):
+        if uri.startswith(f"{store}/"):
+            return uri.removeprefix(f"{store}/")
+    return None
+
+
 def _pinned() -> dict[str, str]:
     """path in the store -> the sha256 the examples pin for it."""
     pins: dict[str, str] = {}
     for example, model in _models_of_examples():
-        path = model["uri"].removeprefix(f"{STORE_URL}/")
+        path = _store_path(model["uri"]) or model["uri"]
         assert pins.setdefault(path, model["sha256"]) == model["sha256"], (
             f"{example}: another sha256 for {path}"
         )
@@ -147,8 +157,9 @@ def test_every_example_takes_its_model_from_the_store_with_the_built_digest(buil
     models = _models_of_examples()
     assert models
     for example, model in models:
-        assert model["uri"].startswith(f"{STORE_URL}/"), f"{example}: {model['uri']} is not in the store"
-        entry = built["by_path"].get(model["uri"].removeprefix(f"{STORE_URL}/"))
+        path = _store_path(model["uri"])
+        assert path is not None, f"{example}: {model['uri']} is not in the store"
+        entry = built["by_path"].get(path)
         assert entry is not None, f"{example}: the store has no {model['uri']}"
         assert entry["version"] == model["version"], example
         assert model["sha256"] == entry["sha256"], f"{example}: pin sha256 {entry['sha256']}"
