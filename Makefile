@@ -120,6 +120,10 @@ bench-autoscale: install ## the HPA under a step load (1 → 8 → 32 connection
 bench-server-limits: install ## the server under heavy input: peak RSS against body size, probe latency during a large request, req/s before/after (PNG too)
 	$(PY) bench/server_limits.py --png bench/figures/server_limits.png
 
+.PHONY: bench-fetch
+bench-fetch: install ## the init container's s3:// fetch against KServe's storage initializer: 1 GiB from versitygw on loopback, MB/s and peak RSS
+	$(PY) bench/fetch.py
+
 .PHONY: lint
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check operator server_image tests bench hack
