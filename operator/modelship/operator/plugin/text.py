@@ -208,7 +208,7 @@ def _artifact(model: Mapping[str, Any]) -> str:
     ]
     seconds = model.get("fetchSeconds")
     if isinstance(seconds, int | float) and not isinstance(seconds, bool):
-        facts.append(f"fetched in {seconds:.2f}s" if seconds else "from the pod's cache")
+        facts.append(f"fetched in {seconds:.2f}s")
     known = [fact for fact in facts if fact]
     return _text(model["uri"]) + (f" ({', '.join(known)})" if known else "")
 
